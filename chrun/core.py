@@ -1,0 +1,68 @@
+"""The whole of ch-run after parsing: plan, create or join, exec.
+
+:func:`run` is what the CLI (and ``ch-mpirun``) call with parsed
+:class:`chrun.plan.Options`; it returns only by raising
+:class:`chrun.errors.ChError`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Mapping, Optional
+
+from . import container, errors, join, joinconf
+from .errors import ChError, info
+from .plan import Options, current_user, make_plan
+
+
+def refuse_setid() -> None:
+    if os.getuid() != os.geteuid() or os.getgid() != os.getegid():
+        raise ChError("refusing to run setuid or setgid: run ch-run as yourself")
+
+
+def host_cwd() -> Optional[str]:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def join_config(opts: Options, env: Mapping[str, str]) -> joinconf.JoinConfig:
+    return joinconf.resolve(opts.join_ct, opts.join_tag, opts.join_timeout, env,
+                            uid=os.geteuid(), parent_pid=os.getppid(),
+                            hostname=socket.gethostname())
+
+
+def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
+    """Build or join the container for ``opts`` and exec its command."""
+    env = os.environ if env is None else env
+    errors.verbosity = opts.verbose
+    refuse_setid()
+    plan = make_plan(opts, env, current_user(env), host_cwd())
+    joining = opts.join or opts.join_ct is not None or opts.join_tag is not None
+    cfg = join_config(opts, env) if joining else None  # usage errors before anything else
+    real_image = container.check_image(plan.newroot)
+    info(f"image: {real_image}; uid {plan.uid} gid {plan.gid}; "
+         f"{'read-write' if plan.writable else 'read-only'}")
+
+    if opts.join_pid is not None:
+        join.attach(opts.join_pid)
+    elif cfg is None or cfg.count == 1:
+        container.create(plan, real_image, container.resolve_sources(plan))
+    else:
+        sources = container.resolve_sources(plan)
+        peer = join.rendezvous(cfg, os.geteuid())
+        if isinstance(peer, join.Creator):
+            peer.start_holder()
+            container.create(plan, real_image, sources)
+            peer.hand_over()
+        else:
+            peer.enter(deadline_from_now(cfg.timeout))
+    info(f"this process: PID {os.getpid()} (others can join it with --join-pid={os.getpid()})")
+    container.exec_command(plan, explicit_cd=opts.cd is not None)
+
+
+def deadline_from_now(seconds: float) -> float:
+    import time
+    return time.monotonic() + seconds

@@ -1,0 +1,154 @@
+"""Who is in a ``--join`` peer group: the count and the tag (pure functions).
+
+Defaults follow ch-run.rst exactly.  The count comes from ``--join-ct``, else
+the first defined of ``OMPI_COMM_WORLD_LOCAL_SIZE``,
+``SLURM_STEP_TASKS_PER_NODE``, ``SLURM_CPUS_ON_NODE``.  The tag comes from
+``--join-tag``, else ``SLURM_STEP_ID``, else the parent's PID.
+
+Values on the command line must be exact; values from variables may carry
+trailing junk after their leading digits (``2(x3)`` is 2).  Slurm writes
+``SLURM_STEP_TASKS_PER_NODE`` per node (``3,1`` or ``2(x2),1``): each node
+takes its own entry, picked by ``SLURM_NODEID``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import List, Mapping, Optional
+
+from .errors import UsageError
+
+COUNT_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_CPUS_ON_NODE")
+TAG_VAR = "SLURM_STEP_ID"
+#: A count above this is certainly a mistake (and would overflow C ints).
+COUNT_MAX = 2**31 - 1
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_VAR = "CH_RUN_JOIN_TIMEOUT"
+
+
+@dataclass(frozen=True)
+class JoinConfig:
+    count: int
+    tag: str
+    count_from: str
+    tag_from: str
+    timeout: float
+    key: str  # what makes the group unique on this node: user, job, host, tag
+
+
+def _check_count(value: int, source: str, text: str) -> int:
+    if value < 1:
+        raise UsageError(f"invalid peer count from {source}: {text!r}: must be at least 1")
+    if value > COUNT_MAX:
+        raise UsageError(f"invalid peer count from {source}: {text!r}: too large")
+    return value
+
+
+def count_from_option(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):
+        raise UsageError(f"invalid --join-ct: {text!r}: not a positive integer")
+    return _check_count(int(text), "--join-ct", text)
+
+
+def count_from_variable(name: str, text: str) -> int:
+    m = re.match(r"\s*([0-9]+)", text)
+    if not m:
+        raise UsageError(f"invalid peer count from ${name}: {text!r}: not a positive integer")
+    return _check_count(int(m.group(1)), f"${name}", text)
+
+
+def expand_tasks_per_node(text: str) -> List[str]:
+    """``2(x2),1`` → ``['2', '2', '1']`` (each entry as text, junk kept)."""
+    out: List[str] = []
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]+)\(x([0-9]+)\)\s*", item)
+        if m:
+            out.extend([m.group(1)] * min(int(m.group(2)), 1 << 16))
+        else:
+            out.append(item)
+    return out
+
+
+def count_from_slurm_tasks(text: str, env: Mapping[str, str]) -> int:
+    name = "SLURM_STEP_TASKS_PER_NODE"
+    entries = expand_tasks_per_node(text)
+    node = env.get("SLURM_NODEID")
+    if node is not None and node.strip().isdigit() and len(entries) > 1:
+        i = int(node)
+        if i >= len(entries):
+            raise UsageError(f"${name}={text!r} has no entry for SLURM_NODEID={node}")
+        return count_from_variable(name, entries[i])
+    return count_from_variable(name, entries[0] if entries else text)
+
+
+def resolve_count(option: Optional[str], env: Mapping[str, str]) -> tuple:
+    """(count, where it came from)."""
+    if option is not None:
+        return count_from_option(option), "--join-ct"
+    for name in COUNT_VARS:
+        if name in env:
+            if name == "SLURM_STEP_TASKS_PER_NODE":
+                return count_from_slurm_tasks(env[name], env), f"${name}"
+            return count_from_variable(name, env[name]), f"${name}"
+    raise UsageError("--join: can't find peer count: use --join-ct or set one of "
+                     + ", ".join("$" + v for v in COUNT_VARS))
+
+
+def check_tag(tag: str, source: str) -> str:
+    if tag == "":
+        raise UsageError(f"invalid join tag from {source}: empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in tag):
+        raise UsageError(f"invalid join tag from {source}: {tag!r}: contains control characters")
+    if len(tag.encode(errors="surrogateescape")) > 4096:
+        raise UsageError(f"invalid join tag from {source}: longer than 4096 bytes")
+    return tag
+
+
+def resolve_tag(option: Optional[str], env: Mapping[str, str], parent_pid: int) -> tuple:
+    """(tag, where it came from)."""
+    if option is not None:
+        return check_tag(option, "--join-tag"), "--join-tag"
+    if TAG_VAR in env:
+        return check_tag(env[TAG_VAR], f"${TAG_VAR}"), f"${TAG_VAR}"
+    return str(parent_pid), "parent PID"
+
+
+def resolve_timeout(option: Optional[float], env: Mapping[str, str]) -> float:
+    if option is not None:
+        value, source = option, "--join-timeout"
+    elif TIMEOUT_VAR in env:
+        source = f"${TIMEOUT_VAR}"
+        try:
+            value = float(env[TIMEOUT_VAR])
+        except ValueError:
+            raise UsageError(f"invalid {source}: {env[TIMEOUT_VAR]!r}")
+    else:
+        return DEFAULT_TIMEOUT
+    if not (0 < value <= 86400):
+        raise UsageError(f"invalid {source}: {value}: must be in (0, 86400] seconds")
+    return value
+
+
+def group_key(uid: int, tag: str, env: Mapping[str, str], hostname: str) -> str:
+    """What keeps groups apart: same tag, different user / job / node never meet."""
+    parts = [f"uid={uid}", f"host={hostname}",
+             f"job={env.get('SLURM_JOB_ID', '')}", f"node={env.get('SLURM_NODEID', '')}",
+             f"tag={tag}"]
+    return "\n".join(parts)
+
+
+def socket_name(uid: int, key: str, attempt: int = 0) -> bytes:
+    """Abstract Unix socket name for the group (no file, so nothing to leak)."""
+    digest = hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:40]
+    return f"\0chrun-join/{uid}/{digest}/{attempt}".encode()
+
+
+def resolve(count_opt: Optional[str], tag_opt: Optional[str], timeout_opt: Optional[float],
+            env: Mapping[str, str], uid: int, parent_pid: int, hostname: str) -> JoinConfig:
+    count, count_from = resolve_count(count_opt, env)
+    tag, tag_from = resolve_tag(tag_opt, env, parent_pid)
+    timeout = resolve_timeout(timeout_opt, env)
+    return JoinConfig(count=count, tag=tag, count_from=count_from, tag_from=tag_from,
+                      timeout=timeout, key=group_key(uid, tag, env, hostname))

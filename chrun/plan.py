@@ -1,0 +1,250 @@
+"""A pure description of the container to build: no system calls here.
+
+:func:`make_plan` turns the parsed options, the environment and a few facts
+about the invoking user into a :class:`Plan`: the ID maps, the ordered list of
+mounts, the environment and working directory of the command.  Everything in
+this module is a function of its arguments, so it is unit-tested without
+creating any namespace.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .errors import UsageError
+
+#: Largest valid UID/GID (2**32 - 1 is the kernel's "no ID").
+ID_MAX = 2**32 - 2
+
+#: Value ch-run sets ``CH_RUNNING`` to inside the container, as Charliecloud does.
+CH_RUNNING = "Weird Al Yankovic"
+
+
+@dataclass(frozen=True)
+class Options:
+    """ch-run's command line after parsing, before any decision is made."""
+
+    newroot: str
+    command: Tuple[str, ...]
+    binds: Tuple[str, ...] = ()
+    cd: Optional[str] = None
+    uid: Optional[int] = None
+    gid: Optional[int] = None
+    join: bool = False
+    join_ct: Optional[str] = None
+    join_tag: Optional[str] = None
+    join_pid: Optional[int] = None
+    join_timeout: Optional[float] = None
+    no_home: bool = False
+    private_tmp: bool = False
+    write: bool = False
+    verbose: int = 0
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One step of the mount sequence, inside the new root ``dst``.
+
+    ``kind`` is ``bind`` (host ``src`` onto ``dst``), ``tmpfs`` (fresh tmpfs on
+    ``dst``), ``file`` (``content`` written to a private file that is bound on
+    ``dst``) or ``mkdir`` (make directory ``dst`` on a tmpfs made earlier).
+    ``required`` says whether a missing ``dst`` is an error or a skip.
+    """
+
+    kind: str
+    dst: str
+    src: Optional[str] = None
+    content: Optional[str] = None
+    required: bool = True
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    newroot: str
+    command: Tuple[str, ...]
+    host_uid: int
+    host_gid: int
+    uid: int
+    gid: int
+    writable: bool
+    mounts: Tuple[Mount, ...]
+    env: Dict[str, str]
+    cwd: Optional[str]
+    fallback_cwd: str = "/"
+
+    @property
+    def uid_map(self) -> str:
+        return f"{self.uid} {self.host_uid} 1\n"
+
+    @property
+    def gid_map(self) -> str:
+        return f"{self.gid} {self.host_gid} 1\n"
+
+
+@dataclass(frozen=True)
+class User:
+    """Facts about the invoking user that the plan needs."""
+
+    uid: int
+    gid: int
+    name: str
+    home: Optional[str]
+    gecos: str = ""
+    group: Optional[str] = None
+
+
+# --- parsing helpers ----------------------------------------------------------
+
+def parse_id(text: str, what: str) -> int:
+    """A UID or GID from the command line: a decimal in 0..2**32-2."""
+    if not text.isdigit() or not text.isascii():
+        raise UsageError(f"invalid {what}: {text!r}: not a non-negative integer")
+    value = int(text)
+    if value > ID_MAX:
+        raise UsageError(f"invalid {what}: {text}: larger than {ID_MAX}")
+    return value
+
+
+def parse_bind(spec: str, index: int) -> Tuple[str, str]:
+    """``SRC[:DST]`` → (SRC, DST); DST defaults to ``/mnt/INDEX``."""
+    if spec == "":
+        raise UsageError("--bind: empty argument")
+    src, sep, dst = spec.partition(":")
+    if src == "":
+        raise UsageError(f"--bind: {spec!r}: no source")
+    if sep and dst == "":
+        raise UsageError(f"--bind: {spec!r}: empty destination")
+    if not sep:
+        dst = f"/mnt/{index}"
+    if not dst.startswith("/"):
+        raise UsageError(f"--bind: {spec!r}: destination must be an absolute path")
+    if "\0" in spec:
+        raise UsageError("--bind: argument contains NUL")
+    return src, dst
+
+
+def normalize_dst(dst: str) -> str:
+    """``/a//b/./c/`` → ``/a/b/c`` (``..`` is left for the resolver to refuse)."""
+    parts = [p for p in dst.split("/") if p not in ("", ".")]
+    return "/" + "/".join(parts)
+
+
+# --- passwd and group ---------------------------------------------------------
+
+def passwd_text(user: User, uid: int, gid: int) -> str:
+    lines = []
+    if uid != 0:
+        lines.append("root:x:0:0:root:/root:/bin/sh")
+    name = user.name if uid != 0 else "root"
+    home = "/root" if uid == 0 else f"/home/{user.name}"
+    lines.append(f"{name}:x:{uid}:{gid}:{user.gecos}:{home}:/bin/sh")
+    if uid != 65534:
+        lines.append("nobody:x:65534:65534:nobody:/:/bin/false")
+    return "".join(line + "\n" for line in lines)
+
+
+def group_text(user: User, gid: int) -> str:
+    lines = []
+    if gid != 0:
+        lines.append("root:x:0:")
+    name = (user.group or user.name) if gid != 0 else "root"
+    lines.append(f"{name}:x:{gid}:")
+    if gid != 65534:
+        lines.append("nogroup:x:65534:")
+    return "".join(line + "\n" for line in lines)
+
+
+# --- environment --------------------------------------------------------------
+
+def container_env(host_env: Mapping[str, str], user: User, home_mounted: bool) -> Dict[str, str]:
+    """The command's environment: the host's, adjusted as Charliecloud does."""
+    env = dict(host_env)
+    env.pop("TMPDIR", None)
+    env["CH_RUNNING"] = CH_RUNNING
+    path = env.get("PATH")
+    if path is None:
+        env["PATH"] = "/bin:/usr/bin:/sbin:/usr/sbin:/usr/local/bin"
+    elif "/bin" not in path.split(":"):
+        env["PATH"] = (path + ":/bin") if path else "/bin"
+    if home_mounted:
+        env["HOME"] = f"/home/{user.name}"
+    return env
+
+
+# --- the plan -----------------------------------------------------------------
+
+def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
+              host_cwd: Optional[str]) -> Plan:
+    """Decide every map, mount, variable and directory of the container."""
+    uid = opts.uid if opts.uid is not None else user.uid
+    gid = opts.gid if opts.gid is not None else user.gid
+    mounts: List[Mount] = [
+        Mount("bind", "/dev", "/dev", why="host /dev"),
+        Mount("bind", "/proc", "/proc", why="host /proc"),
+        Mount("bind", "/sys", "/sys", why="host /sys"),
+        Mount("file", "/etc/passwd", content=passwd_text(user, uid, gid),
+              why="generated /etc/passwd"),
+        Mount("file", "/etc/group", content=group_text(user, gid),
+              why="generated /etc/group"),
+        Mount("bind", "/etc/hosts", "/etc/hosts", required=False, why="host /etc/hosts"),
+        Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", required=False,
+              why="host /etc/resolv.conf"),
+    ]
+    if opts.private_tmp:
+        mounts.append(Mount("tmpfs", "/tmp", why="private /tmp"))
+    else:
+        mounts.append(Mount("bind", "/tmp", "/tmp", why="host /tmp"))
+    home_mounted = False
+    if not opts.no_home:
+        if not user.home:
+            raise UsageError("can't bind home: $HOME not set (use --no-home)")
+        mounts.append(Mount("tmpfs", "/home", why="tmpfs for /home"))
+        mounts.append(Mount("mkdir", f"/home/{user.name}", why="home mount point"))
+        mounts.append(Mount("bind", f"/home/{user.name}", user.home, why="host home"))
+        home_mounted = True
+    for i, spec in enumerate(opts.binds):
+        src, dst = parse_bind(spec, i)
+        mounts.append(Mount("bind", normalize_dst(dst), src, why=f"--bind {spec}"))
+    env = container_env(host_env, user, home_mounted)
+    return Plan(newroot=opts.newroot, command=tuple(opts.command),
+                host_uid=user.uid, host_gid=user.gid, uid=uid, gid=gid,
+                writable=opts.write, mounts=tuple(mounts), env=env,
+                cwd=opts.cd if opts.cd is not None else host_cwd)
+
+
+def current_user(env: Mapping[str, str]) -> User:
+    """The invoking user, from the kernel and the password database."""
+    import grp
+    import pwd
+    uid, gid = os.geteuid(), os.getegid()
+    try:
+        pw = pwd.getpwuid(uid)
+        name, gecos, pw_home = pw.pw_name, pw.pw_gecos.split(",")[0], pw.pw_dir
+    except KeyError:
+        name, gecos, pw_home = env.get("USER") or f"u{uid}", "", None
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = None
+    home = env.get("HOME") or pw_home
+    return User(uid=uid, gid=gid, name=name, home=home, gecos=gecos, group=group)
+
+
+def parse_command(args: Sequence[str]) -> Tuple[str, Tuple[str, ...]]:
+    """``NEWROOT CMD [ARG...]`` or ``NEWROOT -- CMD [ARG...]`` → (NEWROOT, CMD...)."""
+    args = list(args)
+    if args and args[0] == "--":
+        args.pop(0)
+    if not args:
+        raise UsageError("NEWROOT not specified")
+    newroot = args.pop(0)
+    if args and args[0] == "--":
+        args.pop(0)
+    if not args:
+        raise UsageError("no command specified")
+    if newroot == "":
+        raise UsageError("NEWROOT is empty")
+    return newroot, tuple(args)

@@ -1,0 +1,236 @@
+"""Every system call ch-run makes to build or join a container.
+
+One thin wrapper per call.  Each raises :class:`chrun.errors.ChError` with a
+one-line message that names the failing path or value and the strerror, so
+callers never see a bare ``OSError``.  Python 3.11 has no ``os.unshare`` or
+``os.setns``; those (and ``mount``, ``pivot_root``, ``pidfd_open``) go through
+libc with :mod:`ctypes`, or the ``os`` function where the interpreter has it.
+
+Namespace calls (``unshare(CLONE_NEWUSER)``, ``setns`` into a user or mount
+namespace) fail with EINVAL in a multithreaded process: ch-run never starts a
+thread, and :func:`assert_single_threaded` checks it before those calls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import socket
+import struct
+from typing import Optional
+
+from .errors import ChError
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+
+MNT_DETACH = 0x2
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_PDEATHSIG = 1
+
+# statvfs f_flag bits (ST_*) that the kernel locks on a mount made in a more
+# privileged namespace, with the mount flag that keeps each one.
+_LOCKED_FLAGS = (
+    (os.ST_NOSUID, MS_NOSUID),
+    (os.ST_NODEV, MS_NODEV),
+    (os.ST_NOEXEC, MS_NOEXEC),
+    (os.ST_NOATIME, MS_NOATIME),
+    (os.ST_NODIRATIME, MS_NODIRATIME),
+    (os.ST_RELATIME, MS_RELATIME),
+)
+
+# pidfd_open is 434 on every architecture; pivot_root is not.
+_SYS_PIDFD_OPEN = 434
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}.get(
+    platform.machine(), 155)
+_SYS_SETNS = {"x86_64": 308, "aarch64": 268, "ppc64le": 350, "riscv64": 268}.get(
+    platform.machine(), 308)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                        ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong, ctypes.c_ulong)
+_libc.syscall.restype = ctypes.c_long
+
+
+def fail(what: str, err: int) -> ChError:
+    """The error for system call ``what`` that failed with errno ``err``."""
+    return ChError(f"{what}: {os.strerror(err)}")
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        raise fail(what, ctypes.get_errno())
+    return ret
+
+
+def _b(path: Optional[str]) -> Optional[bytes]:
+    return None if path is None else os.fsencode(path)
+
+
+def thread_count() -> int:
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Threads:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 1
+
+
+def assert_single_threaded(what: str) -> None:
+    n = thread_count()
+    if n != 1:
+        raise ChError(f"{what}: process has {n} threads; namespaces need exactly 1")
+
+
+def unshare(flags: int) -> None:
+    if hasattr(os, "unshare"):
+        try:
+            os.unshare(flags)
+        except OSError as x:
+            raise fail("unshare(2) of user and mount namespaces", x.errno)
+    else:
+        _check(_libc.unshare(flags), "unshare(2) of user and mount namespaces")
+
+
+def setns(fd: int, nstype: int, what: str) -> None:
+    if hasattr(os, "setns"):
+        try:
+            os.setns(fd, nstype)
+        except OSError as x:
+            raise fail(f"setns(2) into {what}", x.errno)
+    else:
+        _check(_libc.syscall(_SYS_SETNS, ctypes.c_int(fd), ctypes.c_int(nstype)),
+               f"setns(2) into {what}")
+
+
+def pidfd_open(pid: int) -> int:
+    if hasattr(os, "pidfd_open"):
+        try:
+            return os.pidfd_open(pid)
+        except OSError as x:
+            raise fail(f"pidfd_open(2) of PID {pid}", x.errno)
+    return _check(_libc.syscall(_SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0)),
+                  f"pidfd_open(2) of PID {pid}")
+
+
+def pidfd_alive(pidfd: int) -> bool:
+    """True if the process behind ``pidfd`` has not exited (signal 0)."""
+    ret = _libc.syscall(424, ctypes.c_int(pidfd), ctypes.c_int(0), None, ctypes.c_uint(0))
+    if ret == 0:
+        return True
+    return ctypes.get_errno() not in (errno.ESRCH,)
+
+
+def mount(src: Optional[str], target: str, fstype: Optional[str], flags: int,
+          data: Optional[str], what: str) -> None:
+    _check(_libc.mount(_b(src), _b(target), _b(fstype), flags, _b(data)), what)
+
+
+def bind(src: str, target: str, what: str, recursive: bool = True) -> None:
+    mount(src, target, None, MS_BIND | (MS_REC if recursive else 0), None, what)
+
+
+def locked_flags(path: str) -> int:
+    """Mount flags of the filesystem at ``path`` that a remount must keep."""
+    try:
+        st = os.statvfs(path)
+    except OSError as x:
+        raise fail(f"statvfs(2) of {path}", x.errno)
+    return sum(ms for st_bit, ms in _LOCKED_FLAGS if st.f_flag & st_bit)
+
+
+def remount_readonly(target: str, what: str) -> None:
+    """Make bind mount ``target`` read-only, keeping the flags the kernel locked."""
+    flags = MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(target)
+    mount(None, target, None, flags, None, what)
+
+
+def umount_detach(target: str, what: str) -> None:
+    _check(_libc.umount2(_b(target), MNT_DETACH), what)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)),
+           f"pivot_root(2) into {new_root}")
+
+
+def no_new_privs() -> None:
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(2) PR_SET_NO_NEW_PRIVS")
+
+
+def parent_death_signal(sig: int) -> None:
+    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(2) PR_SET_PDEATHSIG")
+
+
+def write_proc(path: str, text: str) -> None:
+    """Write ``text`` in one ``write`` (as /proc map files require)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as x:
+        raise fail(f"can't open {path}", x.errno)
+    try:
+        os.write(fd, text.encode())
+    except OSError as x:
+        raise fail(f"can't write {text.strip()!r} to {path}", x.errno)
+    finally:
+        os.close(fd)
+
+
+def ns_inode(path: str) -> int:
+    """Inode of a namespace file such as ``/proc/self/ns/user``."""
+    try:
+        return os.stat(path).st_ino
+    except OSError as x:
+        raise fail(f"can't stat {path}", x.errno)
+
+
+def ns_inode_fd(fd: int) -> int:
+    return os.fstat(fd).st_ino
+
+
+# --- passing namespace handles over a Unix socket ---------------------------
+
+def send_fds(sock: socket.socket, payload: bytes, fds: list) -> None:
+    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                              struct.pack(f"{len(fds)}i", *fds))])
+
+
+def recv_fds(sock: socket.socket, maxfds: int) -> tuple:
+    """Receive one message and up to ``maxfds`` descriptors (close-on-exec)."""
+    size = struct.calcsize(f"{maxfds}i")
+    data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(size),
+                                            socket.MSG_CMSG_CLOEXEC)
+    fds = []
+    for level, kind, raw in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            raw = raw[:len(raw) - len(raw) % struct.calcsize("i")]
+            fds.extend(struct.unpack(f"{len(raw) // 4}i", raw))
+    return data, fds
+
+
+def peer_credentials(sock: socket.socket) -> tuple:
+    """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)

@@ -1,0 +1,1 @@
+"""ch-mpirun: start MPI ranks in one joined container per node."""
