@@ -72,29 +72,35 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
-@click.command(cls=_Command, add_help_option=False,
-               context_settings={"allow_interspersed_args": False,
-                                 "help_option_names": ["-?", "--help"]})
-@click.help_option("-?", "--help")
-@click.option("--usage", is_flag=True, expose_value=False, is_eager=True, callback=_print_usage)
-@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version)
-@click.option("-b", "--bind", "binds", multiple=True, metavar="SRC[:DST]")
-@click.option("-c", "--cd", metavar="DIR")
-@click.option("-g", "--gid", metavar="GID")
-@click.option("-u", "--uid", metavar="UID")
-@click.option("-j", "--join", is_flag=True)
-@click.option("--join-ct", metavar="N")
-@click.option("--join-tag", metavar="TAG")
-@click.option("--join-timeout", metavar="SECONDS")
-@click.option("--join-pid", metavar="PID")
-@click.option("--no-home", is_flag=True)
-@click.option("-t", "--private-tmp", is_flag=True)
-@click.option("-v", "--verbose", count=True)
-@click.option("-w", "--write", is_flag=True)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def command(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
-            no_home, private_tmp, verbose, write) -> Options:
+#: The options ch-run shares with ch-mpirun (launch/mpirun.py), informational ones aside.
+RUN_OPTIONS = (
+    click.option("-b", "--bind", "binds", multiple=True, metavar="SRC[:DST]"),
+    click.option("-c", "--cd", metavar="DIR"),
+    click.option("-g", "--gid", metavar="GID"),
+    click.option("-u", "--uid", metavar="UID"),
+    click.option("-j", "--join", is_flag=True),
+    click.option("--join-ct", metavar="N"),
+    click.option("--join-tag", metavar="TAG"),
+    click.option("--join-timeout", metavar="SECONDS"),
+    click.option("--join-pid", metavar="PID"),
+    click.option("--no-home", is_flag=True),
+    click.option("-t", "--private-tmp", is_flag=True),
+    click.option("-v", "--verbose", count=True),
+    click.option("-w", "--write", is_flag=True),
+    click.argument("args", nargs=-1, type=click.UNPROCESSED),
+)
+
+
+def run_options(f):
+    """Decorate a click command with :data:`RUN_OPTIONS` (in their listed order)."""
+    for deco in reversed(RUN_OPTIONS):
+        f = deco(f)
+    return f
+
+
+def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
+                 no_home, private_tmp, verbose, write) -> Options:
+    """:class:`Options` from the values of :data:`RUN_OPTIONS`."""
     newroot, cmd = parse_command(args)
     if cd is not None and not cd.startswith("/"):
         raise UsageError(f"--cd: {cd!r}: must be an absolute path")
@@ -106,6 +112,18 @@ def command(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, jo
         join_timeout=None if join_timeout is None else _parse_seconds(join_timeout),
         join_pid=None if join_pid is None else _parse_pid(join_pid),
         no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose)
+
+
+@click.command(cls=_Command, add_help_option=False,
+               context_settings={"allow_interspersed_args": False,
+                                 "help_option_names": ["-?", "--help"]})
+@click.help_option("-?", "--help")
+@click.option("--usage", is_flag=True, expose_value=False, is_eager=True, callback=_print_usage)
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version)
+@run_options
+def command(**kw) -> Options:
+    return make_options(**kw)
 
 
 def _parse_seconds(text: str) -> float:
@@ -124,10 +142,12 @@ def _parse_pid(text: str) -> int:
     return int(text)
 
 
-def parse(argv: Sequence[str], prog: str = "ch-run") -> Optional[Options]:
-    """Options from ``argv``, or None if an informational option (--help...) ran."""
+def parse(argv: Sequence[str], prog: str = "ch-run", cmd: Optional[click.Command] = None):
+    """What ``cmd`` (default: ch-run's) returns for ``argv``: :class:`Options` for ch-run,
+    or None if an informational option (--help...) ran."""
+    cmd = command if cmd is None else cmd
     try:
-        result = command.main(list(argv), prog_name=prog, standalone_mode=False)
+        result = cmd.main(list(argv), prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as x:
         if x.exit_code:
             raise ChError("exit", x.exit_code)
@@ -136,9 +156,9 @@ def parse(argv: Sequence[str], prog: str = "ch-run") -> Optional[Options]:
         raise UsageError(f"{x.format_message()} (try --help)")
     except click.Abort:
         raise ChError("aborted")
-    if isinstance(result, Options):
-        return result
-    return None  # --help, --usage, --version
+    if isinstance(result, int):  # --help, --usage, --version (click returns 0)
+        return None
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:
