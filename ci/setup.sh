@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# First command of the README (as root): install everything chrun needs, build
+# the test images (CHRUN_SKIP_MPI_IMAGE=1 skips the MPI image), link ch-run and
+# ch-mpirun into /usr/local/bin, create the plain user chrun-test, then run a
+# small container as root and as chrun-test (demo).
+set -euo pipefail
+umask 022
+cd "$(dirname "$0")/.."
+VENV=/opt/chrun/venv
+IMAGES=${CHRUN_IMAGES:-/var/tmp/chrun-images}
+if [[ $(id -u) != 0 ]]; then
+    echo "setup.sh: run me as root (sudo bash ci/setup.sh)" >&2
+    exit 1
+fi
+exec 9>/run/chrun-ci.lock   # shared with ci/test.sh: one at a time
+flock 9
+bash ci/install-deps.sh 9>&-
+bash ci/make-test-user.sh
+CHRUN_IMAGES=$IMAGES bash ci/build-images.sh 9>&-
+exec 9>&-
+for s in ch-run ch-mpirun; do
+    ln -sfn "$VENV/bin/$s" "/usr/local/bin/$s"
+done
+demo='echo "  inside: $(id)"
+      echo "  uid_map: $(cat /proc/self/uid_map | tr -s " ")   hostname: $(hostname)"
+      echo "  CH_RUNNING=$CH_RUNNING   /: $(ls / | tr "\n" " ")"
+      echo "  namespaces: $(/usr/local/bin/cma-probe nsinfo)"'
+echo
+echo "setup.sh: demo (host namespaces: user:$(stat -Lc %i /proc/self/ns/user) mnt:$(stat -Lc %i /proc/self/ns/mnt))"
+echo "\$ ch-run $IMAGES/tiny -- sh -c '...'      # as root"
+ch-run "$IMAGES/tiny" -- sh -c "$demo"
+echo "\$ runuser -u chrun-test -- env HOME=/home/chrun-test ch-run $IMAGES/tiny -- sh -c '...'      # as a plain user"
+runuser -u chrun-test -- env HOME=/home/chrun-test ch-run "$IMAGES/tiny" -- sh -c "$demo"
+echo "setup.sh: done; try: ch-run $IMAGES/tiny -- sh"
