@@ -38,12 +38,16 @@ bash ci/build-images.sh 9>&-
 echo "test.sh: setup took $((SECONDS - t0)) s"
 
 slurm=0
-cleanup() {
-    local rc=$?
+slurm_down() {
     if ((slurm)) && [[ -f ci/slurm-down.sh ]]; then
+        slurm=0
         echo "test.sh: bringing Slurm down"
         bash ci/slurm-down.sh 9>&- || echo "test.sh: warning: ci/slurm-down.sh failed" >&2
     fi
+}
+cleanup() {
+    local rc=$?
+    slurm_down
     rm -rf "$CI_DIR"/pytest-*
     return $rc
 }
@@ -106,6 +110,8 @@ PY
 }
 run_pytest root /root "$@"
 run_pytest "$TEST_USER" "/home/$TEST_USER" "$@"
+
+slurm_down   # here rather than in the EXIT trap, so the summary stays last
 
 echo
 echo "=== test.sh summary ($((SECONDS - t0)) s) ==="
