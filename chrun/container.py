@@ -63,6 +63,7 @@ def resolve_sources(plan: Plan) -> Dict[str, str]:
         except OSError as x:
             if m.required:
                 raise ChError(f"can't bind: source not found: {m.src}: {os.strerror(x.errno)}")
+            errors.warning(f"not mounting {m.why}: {m.src}: {os.strerror(x.errno)}")
     return out
 
 

@@ -203,7 +203,8 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
             raise UsageError("can't bind home: $HOME not set (use --no-home)")
         mounts.append(Mount("tmpfs", "/home", why="tmpfs for /home"))
         mounts.append(Mount("mkdir", f"/home/{user.name}", why="home mount point"))
-        mounts.append(Mount("bind", f"/home/{user.name}", user.home, why="host home"))
+        mounts.append(Mount("bind", f"/home/{user.name}", user.home, required=False,
+                            why="host home"))
         home_mounted = True
     for i, spec in enumerate(opts.binds):
         src, dst = parse_bind(spec, i)
