@@ -118,6 +118,9 @@ def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
             if m.dst == "/etc/hosts":
                 errors.warning(f"image has no {m.dst}: host names resolve without the host's "
                                "/etc/hosts (localhost lookups may wait for DNS)")
+            elif m.dst == "/etc/resolv.conf":
+                errors.warning(f"image has no {m.dst}: host names resolve without the host's "
+                               "/etc/resolv.conf (DNS lookups may fail)")
             return
         raise ChError(f"can't mount {m.why}: {m.dst} not found in image")
     if m.kind == "tmpfs":
