@@ -8,13 +8,14 @@ here, as one ``ch-run[PID]: error: …`` line and the documented exit code.
 from __future__ import annotations
 
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import click
 
-from . import __version__, errors
-from .errors import ChError, EXIT_USAGE, UsageError
-from .plan import Options, parse_command, parse_id
+from . import __version__, args, errors
+from .args import Opt
+from .errors import ChError, UsageError
+from .plan import Options
 
 USAGE = "Usage: ch-run [OPTION...] NEWROOT CMD [ARG...]"
 
@@ -72,21 +73,20 @@ def _print_version(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
-#: The options ch-run shares with ch-mpirun (launch/mpirun.py), informational ones aside.
-RUN_OPTIONS = (
-    click.option("-b", "--bind", "binds", multiple=True, metavar="SRC[:DST]"),
-    click.option("-c", "--cd", metavar="DIR"),
-    click.option("-g", "--gid", metavar="GID"),
-    click.option("-u", "--uid", metavar="UID"),
-    click.option("-j", "--join", is_flag=True),
-    click.option("--join-ct", metavar="N"),
-    click.option("--join-tag", metavar="TAG"),
-    click.option("--join-timeout", metavar="SECONDS"),
-    click.option("--join-pid", metavar="PID"),
-    click.option("--no-home", is_flag=True),
-    click.option("-t", "--private-tmp", is_flag=True),
-    click.option("-v", "--verbose", count=True),
-    click.option("-w", "--write", is_flag=True),
+def _click_param(o: Opt):
+    names = [n for n in (o.short, o.long) if n]
+    if o.kind == "multi":
+        return click.option(*names, o.dest, multiple=True, metavar=o.metavar)
+    if o.kind == "flag":
+        return click.option(*names, o.dest, is_flag=True)
+    if o.kind == "count":
+        return click.option(*names, o.dest, count=True)
+    return click.option(*names, o.dest, metavar=o.metavar)
+
+
+#: The options ch-run shares with ch-mpirun (launch/mpirun.py), informational ones aside,
+#: as click parameters built from :data:`chrun.args.RUN_OPTIONS`.
+RUN_OPTIONS = tuple(_click_param(o) for o in args.RUN_OPTIONS) + (
     click.argument("args", nargs=-1, type=click.UNPROCESSED),
 )
 
@@ -98,20 +98,7 @@ def run_options(f):
     return f
 
 
-def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
-                 no_home, private_tmp, verbose, write) -> Options:
-    """:class:`Options` from the values of :data:`RUN_OPTIONS`."""
-    newroot, cmd = parse_command(args)
-    if cd is not None and not cd.startswith("/"):
-        raise UsageError(f"--cd: {cd!r}: must be an absolute path")
-    return Options(
-        newroot=newroot, command=cmd, binds=tuple(binds), cd=cd,
-        uid=None if uid is None else parse_id(uid, "UID"),
-        gid=None if gid is None else parse_id(gid, "GID"),
-        join=join, join_ct=join_ct, join_tag=join_tag,
-        join_timeout=None if join_timeout is None else _parse_seconds(join_timeout),
-        join_pid=None if join_pid is None else _parse_pid(join_pid),
-        no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose)
+make_options = args.make_options
 
 
 @click.command(cls=_Command, add_help_option=False,
@@ -124,22 +111,6 @@ def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeou
 @run_options
 def command(**kw) -> Options:
     return make_options(**kw)
-
-
-def _parse_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"invalid --join-timeout: {text!r}: not a number of seconds")
-    if not (0 < value <= 86400):
-        raise UsageError(f"invalid --join-timeout: {text!r}: must be in (0, 86400]")
-    return value
-
-
-def _parse_pid(text: str) -> int:
-    if not text.isascii() or not text.isdigit() or not (0 < int(text) < 2**22 + 1):
-        raise UsageError(f"invalid --join-pid: {text!r}: not a process ID")
-    return int(text)
 
 
 def parse(argv: Sequence[str], prog: str = "ch-run", cmd: Optional[click.Command] = None):
@@ -161,19 +132,8 @@ def parse(argv: Sequence[str], prog: str = "ch-run", cmd: Optional[click.Command
     return result
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    try:
-        opts = parse(sys.argv[1:] if argv is None else argv)
-        if opts is None:
-            return 0
-        from .core import run
-        run(opts)
-        raise AssertionError("run() returned")  # pragma: no cover
-    except ChError as x:
-        errors.error(x.message)
-        return x.code
-    except KeyboardInterrupt:
-        return 130
+# The entry point: tries the click-free scanner first (see chrun.args).
+from .main import main  # noqa: E402
 
 
 if __name__ == "__main__":

@@ -1,0 +1,152 @@
+"""ch-run's option table, and a click-free scanner for the exec path.
+
+:data:`RUN_OPTIONS` is the one description of ch-run's options:
+:mod:`chrun.cli` builds its click command from it, and :func:`scan` reads the
+common, well-formed command lines with the same grammar click applies
+(``-wt``, ``-b SRC``, ``-bSRC``, ``--bind SRC``, ``--bind=SRC``, ``-vv``,
+options stop at the first operand or ``--``).  Anything :func:`scan` does not
+fully understand — help, an unknown option, a missing value, a value that
+looks like an option — makes it return None, and click parses instead, so
+every message and exit code comes from one place.  Importing click costs more
+than the rest of ch-run put together, so the exec path avoids it; a test
+checks that both parsers agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+from .errors import UsageError
+from .plan import Options, parse_command, parse_id
+
+
+@dataclass(frozen=True)
+class Opt:
+    short: Optional[str]   # e.g. "-b"
+    long: str              # e.g. "--bind"
+    dest: str              # keyword of make_options
+    kind: str              # "value", "multi", "flag" or "count"
+    metavar: Optional[str] = None
+
+
+RUN_OPTIONS = (
+    Opt("-b", "--bind", "binds", "multi", "SRC[:DST]"),
+    Opt("-c", "--cd", "cd", "value", "DIR"),
+    Opt("-g", "--gid", "gid", "value", "GID"),
+    Opt("-u", "--uid", "uid", "value", "UID"),
+    Opt("-j", "--join", "join", "flag"),
+    Opt(None, "--join-ct", "join_ct", "value", "N"),
+    Opt(None, "--join-tag", "join_tag", "value", "TAG"),
+    Opt(None, "--join-timeout", "join_timeout", "value", "SECONDS"),
+    Opt(None, "--join-pid", "join_pid", "value", "PID"),
+    Opt(None, "--no-home", "no_home", "flag"),
+    Opt("-t", "--private-tmp", "private_tmp", "flag"),
+    Opt("-v", "--verbose", "verbose", "count"),
+    Opt("-w", "--write", "write", "flag"),
+)
+
+_SHORT = {o.short: o for o in RUN_OPTIONS if o.short}
+_LONG = {o.long: o for o in RUN_OPTIONS}
+
+
+def defaults() -> Dict[str, object]:
+    out: Dict[str, object] = {}
+    for o in RUN_OPTIONS:
+        out[o.dest] = {"value": None, "multi": (), "flag": False, "count": 0}[o.kind]
+    return out
+
+
+def _store(values: Dict[str, object], opt: Opt, value: Optional[str]) -> None:
+    if opt.kind == "multi":
+        values[opt.dest] = values[opt.dest] + (value,)  # type: ignore[operator]
+    elif opt.kind == "count":
+        values[opt.dest] = values[opt.dest] + 1  # type: ignore[operator]
+    elif opt.kind == "flag":
+        values[opt.dest] = True
+    else:
+        values[opt.dest] = value
+
+
+def scan(argv: Sequence[str]) -> Optional[Dict[str, object]]:
+    """make_options keywords for ``argv``, or None to let click decide."""
+    values = defaults()
+    i, n = 0, len(argv)
+    while i < n:
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if a.startswith("--"):
+            name, eq, attached = a.partition("=")
+            opt = _LONG.get(name)
+            if opt is None:
+                return None
+            if opt.kind in ("flag", "count"):
+                if eq:
+                    return None
+                _store(values, opt, None)
+            elif eq:
+                _store(values, opt, attached)
+            else:
+                if i + 1 >= n or argv[i + 1].startswith("-"):
+                    return None
+                i += 1
+                _store(values, opt, argv[i])
+            i += 1
+            continue
+        if a.startswith("-") and a != "-":
+            j = 1
+            while j < len(a):
+                opt = _SHORT.get("-" + a[j])
+                if opt is None:
+                    return None
+                if opt.kind in ("flag", "count"):
+                    _store(values, opt, None)
+                    j += 1
+                    continue
+                if j + 1 < len(a):
+                    _store(values, opt, a[j + 1:])
+                else:
+                    if i + 1 >= n or argv[i + 1].startswith("-"):
+                        return None
+                    i += 1
+                    _store(values, opt, argv[i])
+                break
+            i += 1
+            continue
+        break
+    values["args"] = tuple(argv[i:])
+    return values
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"invalid --join-timeout: {text!r}: not a number of seconds")
+    if not (0 < value <= 86400):
+        raise UsageError(f"invalid --join-timeout: {text!r}: must be in (0, 86400]")
+    return value
+
+
+def parse_pid(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not (0 < int(text) < 2**22 + 1):
+        raise UsageError(f"invalid --join-pid: {text!r}: not a process ID")
+    return int(text)
+
+
+def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
+                 no_home, private_tmp, verbose, write) -> Options:
+    """:class:`Options` from the values of :data:`RUN_OPTIONS` (click's or :func:`scan`'s)."""
+    newroot, cmd = parse_command(args)
+    if cd is not None and not cd.startswith("/"):
+        raise UsageError(f"--cd: {cd!r}: must be an absolute path")
+    return Options(
+        newroot=newroot, command=cmd, binds=tuple(binds), cd=cd,
+        uid=None if uid is None else parse_id(uid, "UID"),
+        gid=None if gid is None else parse_id(gid, "GID"),
+        join=join, join_ct=join_ct, join_tag=join_tag,
+        join_timeout=None if join_timeout is None else parse_seconds(join_timeout),
+        join_pid=None if join_pid is None else parse_pid(join_pid),
+        no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose)
