@@ -83,7 +83,9 @@ class Creator:
                                   "mnt_ns": sc.ns_inode_fd(fds[1])}).encode()
             sc.send_fds(self.channel, payload, fds)
         except OSError as x:
-            raise ChError(f"join: can't hand namespaces to holder PID {self.holder_pid}: "
+            raise ChError(f"join: group {self.cfg.tag!r}: holder PID {self.holder_pid} gave up "
+                          f"before the container was ready (set-up took longer than the join "
+                          f"timeout of {self.cfg.timeout:g} s?): "
                           f"{os.strerror(x.errno or errno.EPIPE)}")
         finally:
             for fd in fds:
@@ -119,8 +121,9 @@ class Joiner:
             self.conn.close()
         try:
             if not data or len(fds) != 2:
-                raise ChError(f"{what}: creator exited before sharing its container "
-                              "(or the group was already full)")
+                reason = _reason(data) or ("its holder exited before sharing a container "
+                                           "(creator failed or died, or group already full)")
+                raise ChError(f"{what}: {reason}")
             meta = json.loads(data)
             sc.assert_single_threaded("can't join namespaces")
             sc.setns(fds[0], sc.CLONE_NEWUSER, f"user namespace of group {self.cfg.tag!r}")
@@ -173,6 +176,32 @@ def rendezvous(cfg: JoinConfig, uid: int):
     raise ChError(f"join: group {cfg.tag!r}: all {NAME_ATTEMPTS} socket names are held by other users")
 
 
+def _reason(data: bytes) -> str:
+    """The holder's explanation in a message without descriptors, if any."""
+    try:
+        return str(json.loads(data).get("error", ""))
+    except (ValueError, AttributeError):
+        return ""
+
+
+def _turn_away(listener: socket.socket, reason: str) -> None:
+    """Tell every joiner already waiting in the backlog why there is no container."""
+    listener.setblocking(False)
+    payload = json.dumps({"error": reason}).encode()
+    me = os.geteuid()
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            try:
+                if sc.peer_credentials(conn)[1] == me:
+                    conn.sendall(payload)
+            except OSError:
+                pass
+
+
 def _recv_line(sock: socket.socket, deadline: float) -> str:
     sock.settimeout(max(deadline - time.monotonic(), 0.001))
     try:
@@ -217,15 +246,17 @@ def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> 
     # 1. Wait for the creator's namespaces (EOF: the creator failed or died).
     ready, _, _ = select.select([channel], [], [], cfg.timeout)
     if not ready:
-        errors.warning(f"join: group {cfg.tag!r}: creator did not finish its container within "
-                       f"{cfg.timeout:g} s; giving up")
+        why = f"creator did not finish its container within {cfg.timeout:g} s"
+        errors.warning(f"join: group {cfg.tag!r}: {why}; giving up")
+        _turn_away(listener, why)
         return
     try:
         data, fds = sc.recv_fds(channel, 2)
     except OSError:
-        return
+        data, fds = b"", []
     channel.close()
     if not data or len(fds) != 2:
+        _turn_away(listener, "creator failed or died before sharing its container")
         return
     # 2. Serve count - 1 joiners, each checked to be our own user.
     me = os.geteuid()
@@ -234,7 +265,8 @@ def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> 
         left = deadline - time.monotonic()
         if left <= 0:
             errors.warning(f"join: group {cfg.tag!r} did not fill: {joined} of {cfg.count} "
-                           f"peers after {cfg.timeout:g} s")
+                           f"peers after {cfg.timeout:g} s (count too high, a peer died, or "
+                           f"peers came after an earlier group with this tag was full)")
             return
         ready, _, _ = select.select([listener], [], [], left)
         if not ready:
