@@ -103,12 +103,42 @@ def inside(dst: str) -> str:
     return path
 
 
+def in_image(dst: str) -> str:
+    """Where container path ``dst`` is now, following symlinks as the container will.
+
+    Absolute links start again at the image's root and ``..`` stops there (as
+    in a chroot), so the result is always inside the image.  Images link e.g.
+    /etc/resolv.conf to /run/systemd/resolve/stub-resolv.conf.
+    """
+    todo = [p for p in dst.split("/") if p not in ("", ".")]
+    done: list = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        try:
+            target = os.readlink("/".join([NEWROOT, *done, part]))
+        except OSError:  # not a symlink, or missing
+            done.append(part)
+            continue
+        links += 1
+        if links > 40:
+            raise ChError(f"can't mount on {dst}: {os.strerror(errno.ELOOP)}")
+        if target.startswith("/"):
+            done = []
+        todo[:0] = [p for p in target.split("/") if p not in ("", ".")]
+    return "/".join([NEWROOT, *done])
+
+
 def _kind_matches(src: str, dst: str) -> bool:
     return os.path.isdir(src) == os.path.isdir(dst)
 
 
 def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
-    dst = inside(m.dst)
+    dst = inside(m.dst) if m.user else in_image(m.dst)
     if m.kind == "mkdir":
         os.makedirs(dst, 0o755, exist_ok=True)
         return

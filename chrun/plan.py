@@ -51,6 +51,9 @@ class Mount:
     ``dst``), ``file`` (``content`` written to a private file that is bound on
     ``dst``) or ``mkdir`` (make directory ``dst`` on a tmpfs made earlier).
     ``required`` says whether a missing ``dst`` is an error or a skip.
+    ``user`` marks a ``--bind``: a ``dst`` whose symlinks lead out of the image
+    is an error; ch-run's own mounts resolve symlinks in ``dst`` the way the
+    container will (absolute ones from the image's root).
     """
 
     kind: str
@@ -59,6 +62,7 @@ class Mount:
     content: Optional[str] = None
     required: bool = True
     why: str = ""
+    user: bool = False
 
 
 @dataclass(frozen=True)
@@ -208,7 +212,7 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
         home_mounted = True
     for i, spec in enumerate(opts.binds):
         src, dst = parse_bind(spec, i)
-        mounts.append(Mount("bind", normalize_dst(dst), src, why=f"--bind {spec}"))
+        mounts.append(Mount("bind", normalize_dst(dst), src, why=f"--bind {spec}", user=True))
     env = container_env(host_env, user, home_mounted)
     return Plan(newroot=opts.newroot, command=tuple(opts.command),
                 host_uid=user.uid, host_gid=user.gid, uid=uid, gid=gid,

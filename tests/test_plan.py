@@ -99,6 +99,11 @@ def test_bind_defaults_by_position():
                                ("/mnt/3", "/d")]
 
 
+def test_only_binds_are_user_mounts():
+    p = plan("/a", "/b:/c")
+    assert [m.dst for m in p.mounts if m.user] == ["/mnt/0", "/c"]
+
+
 def test_binds_come_after_system_mounts():
     p = plan("/a:/tmp/x")
     dsts = [m.dst for m in p.mounts]

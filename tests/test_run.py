@@ -282,6 +282,27 @@ def test_image_without_etc_file_warns(ch_run, writable_image, name):
     assert int(WARNING_LINE.match(lines[0]).group(1)) == r.pid
 
 
+def test_etc_file_absolute_symlink_in_image(ch_run, writable_image):
+    """An image whose /etc/resolv.conf links (absolutely) into the image, as with resolved."""
+    stub = writable_image / "run/systemd/resolve/stub-resolv.conf"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("nameserver 127.0.0.53\n")
+    (writable_image / "etc/resolv.conf").unlink()
+    (writable_image / "etc/resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    (writable_image / "etc/hosts").unlink()
+    (writable_image / "etc/hosts").symlink_to("/../../etc/../run/hosts")
+    (writable_image / "run/hosts").write_text("")
+    out = sh(ch_run, writable_image, "cat /etc/resolv.conf; echo --; cat /etc/hosts")
+    assert out == Path("/etc/resolv.conf").read_text() + "--\n" + Path("/etc/hosts").read_text()
+    assert stub.read_text() == "nameserver 127.0.0.53\n"   # image unchanged
+    # A link to nowhere in the image: run anyway and say why.
+    stub.unlink()
+    r = ch(ch_run, writable_image, "--", "true")
+    assert r.rc == 0
+    lines = r.err.splitlines()
+    assert len(lines) == 1 and WARNING_LINE.match(lines[0]) and "/etc/resolv.conf" in lines[0]
+
+
 # --- environment -------------------------------------------------------------------------
 
 def test_environment(ch_run, tiny_image):
