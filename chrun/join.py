@@ -77,8 +77,9 @@ class Creator:
         fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
                for ns in ("user", "mnt")]
         try:
+            # No tag here: joiners know it, and a long one (up to 4096 bytes) would
+            # not fit the joiner's receive buffer.
             payload = json.dumps({"creator": os.getpid(), "holder": self.holder_pid,
-                                  "tag": self.cfg.tag,
                                   "user_ns": sc.ns_inode_fd(fds[0]),
                                   "mnt_ns": sc.ns_inode_fd(fds[1])}).encode()
             sc.send_fds(self.channel, payload, fds)
@@ -124,7 +125,10 @@ class Joiner:
                 reason = _reason(data) or ("its holder exited before sharing a container "
                                            "(creator failed or died, or group already full)")
                 raise ChError(f"{what}: {reason}")
-            meta = json.loads(data)
+            try:
+                meta = json.loads(data)
+            except ValueError:
+                raise ChError(f"{what}: garbled message from holder ({len(data)} bytes)")
             sc.assert_single_threaded("can't join namespaces")
             sc.setns(fds[0], sc.CLONE_NEWUSER, f"user namespace of group {self.cfg.tag!r}")
             sc.setns(fds[1], sc.CLONE_NEWNS, f"mount namespace of group {self.cfg.tag!r}")
