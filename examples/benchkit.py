@@ -14,6 +14,7 @@ import fcntl
 import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,7 +126,7 @@ STACKS = {
                     f"{PREFIX}/mpich5/bin", []),
     "ompi4": Stack("ompi4", "Open MPI 4.1 (Debian)", ["mpirun.openmpi"],
                    "/usr/bin/python3", "/usr/bin/python3",
-                   f"{PREFIX}/venv/bin", ["--mca", "btl_base_verbose", "100"]),
+                   f"{PREFIX}/venv/bin", []),   # warns by itself: "CMA is not available ..."
 }
 
 
@@ -172,6 +173,106 @@ def ensure_image(image: Path, rebuild: bool = False) -> Path:
         log(f"running ci/{script}")
         subprocess.run(["bash", str(REPO / "ci" / script)], check=True)
     return image
+
+
+# ---- running a job that may hang ------------------------------------------------------------------
+
+def run_job(argv: Sequence[str], env: dict, timeout: float) -> tuple:
+    """Run ARGV in a session of its own; return (exit status or None on timeout, out, err).
+
+    On timeout every process of the job is killed: its session (ranks an MPI launcher
+    started), and any descendant that left it, since killing only the launcher would leave
+    the ranks spinning on the CPU.
+    """
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err
+    except subprocess.TimeoutExpired:
+        kill_tree(p.pid)
+        try:
+            out, err = p.communicate(timeout=10)
+        except subprocess.TimeoutExpired:   # something that escaped still holds the pipes
+            p.kill()
+            out, err = "", "(output lost: pipes held open after the kill)"
+        return None, out, err
+
+
+def _children() -> dict:
+    kids: dict = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        kids.setdefault(ppid, []).append(int(pid))
+    return kids
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL PID's session and all descendants of PID (found before any dies)."""
+    kids, todo, tree = _children(), [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += kids.get(p, [])
+    try:
+        os.killpg(pid, signal.SIGKILL)            # pid leads its own session and group
+    except OSError:
+        pass
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# ---- /dev/shm left behind by aborted MPI jobs -----------------------------------------------------
+
+def shm_entries() -> set:
+    """Names in /dev/shm that we own."""
+    uid = os.geteuid()
+    found = set()
+    for e in os.scandir("/dev/shm"):
+        try:
+            if e.stat(follow_symlinks=False).st_uid == uid:
+                found.add(e.name)
+        except OSError:
+            pass
+    return found
+
+
+def _in_use() -> set:
+    """/dev/shm names any process we can see has open or mapped."""
+    used = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                used.update(l.split("/dev/shm/", 1)[1].split()[0] for l in f if "/dev/shm/" in l)
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/dev/shm/"):
+                    used.add(target[9:].split()[0])
+        except OSError:
+            continue
+    return used
+
+
+def clean_shm(before: set) -> List[str]:
+    """Remove our /dev/shm entries new since BEFORE that no process uses any more (an MPI
+    job that aborted, e.g. MPICH ranks in separate containers, leaves its segments)."""
+    new = shm_entries() - before
+    if not new:
+        return []
+    gone = sorted(new - _in_use())
+    for name in gone:
+        try:
+            os.unlink(f"/dev/shm/{name}")
+        except OSError:
+            pass
+    return gone
 
 
 # ---- small things -------------------------------------------------------------------------------
