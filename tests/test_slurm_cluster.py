@@ -112,8 +112,11 @@ def test_step_id_zero_in_every_new_job(tmp_path):
     outputs = []
     out = tmp_path / "batch.out"
     # (Not sbatch --wait: it polls with a growing sleep, up to 10 s here.)
+    # stderr apart: srun may say "step creation temporarily disabled" while
+    # the first step's CPUs are being released.
     p = run(["sbatch", "--parsable", "-N", "2", "-n", "2",
-             "-o", str(out), str(script)], cwd=tmp_path)
+             "-o", str(out), "-e", str(tmp_path / "batch.err"), str(script)],
+            cwd=tmp_path)
     jobid = p.stdout.strip().split(";")[0]
     assert wait_job(jobid) == "COMPLETED"
     outputs.append((jobid, out.read_text()))
