@@ -32,3 +32,13 @@ ch-run "$IMAGES/tiny" -- sh -c "$demo"
 echo "\$ runuser -u chrun-test -- env HOME=/home/chrun-test ch-run $IMAGES/tiny -- sh -c '...'      # as a plain user"
 runuser -u chrun-test -- env HOME=/home/chrun-test ch-run "$IMAGES/tiny" -- sh -c "$demo"
 echo "setup.sh: done; try: ch-run $IMAGES/tiny -- sh"
+
+# The main job: MPI ranks of one node in one joined container (skipped without the MPI image).
+if [[ -d $IMAGES/mpi/opt/mpi-tests ]]; then
+    echo
+    echo "\$ mpirun.openmpi --oversubscribe -n 4 ch-mpirun -v $IMAGES/mpi -- /opt/mpi-tests/allreduce-ompi4      # as chrun-test"
+    runuser -u chrun-test -- env HOME=/home/chrun-test PATH=/usr/local/bin:/usr/bin:/bin \
+        timeout 120 mpirun.openmpi --oversubscribe -n 4 \
+        ch-mpirun -v "$IMAGES/mpi" -- /opt/mpi-tests/allreduce-ompi4 2>&1 | grep -E 'mode|created|joined|^rank' | sort
+    echo "setup.sh: all 4 ranks above show one user:/mnt: namespace pair: one container, CMA and ptrace work between them"
+fi
