@@ -288,6 +288,9 @@ def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> 
                 joined += 1
             except OSError:
                 pass  # that peer died while connecting; wait for another
+    # 3. Peers already queued beyond the count (count too low) fail clearly.
+    _turn_away(listener, f"group already full ({cfg.count} peers): more peers than "
+                         f"the count started with this tag")
 
 
 def attach(pid: int) -> None:

@@ -61,9 +61,9 @@ def check_lines(err, verbose=False):
     return lines
 
 
-def one_error(err, *words):
-    """stderr is exactly one error line (containing each of WORDS); return it."""
-    lines = check_lines(err)
+def one_error(err, *words, verbose=False):
+    """stderr has exactly one error line (containing each of WORDS); return it."""
+    lines = check_lines(err, verbose)
     errs = [l for l in lines if ": error: " in l]
     assert len(errs) == 1, f"expected one error line, got:\n{err}"
     for w in words:
@@ -189,7 +189,7 @@ class Peer:
             try:
                 out, err = self.proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self.group.kill_all()
                 out, err = self.proc.communicate()
                 pytest.fail(f"peer {self.argv} still running after {timeout:g} s\n{err}")
             self.rc, self.out, self.err = self.proc.returncode, out, err
@@ -226,8 +226,7 @@ class Group:
 
     def __exit__(self, kind, *_):
         if kind is not None:   # failing already: just don't leave processes behind
-            for p in self.peers:
-                p.kill()
+            self.kill_all()
             for p in self.peers:
                 try:
                     p.proc.communicate(timeout=self.bound)
@@ -241,6 +240,17 @@ class Group:
             return False
         self.assert_clean()
         return False
+
+    def kill_all(self):
+        """SIGKILL every process of this group: peers, wrappers, commands, holders."""
+        for pid in marked_processes(self.mark):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for p in self.peers:
+            if p.proc.poll() is None:
+                p.kill()
 
     def env(self, **extra):
         return clean_env(CHRUN_TEST_MARK=self.mark, **extra)
