@@ -308,11 +308,12 @@ def attach(pid: int) -> None:
     try:
         try:
             owner = os.stat(f"/proc/{pid}").st_uid
+            # Owner first: another user's /proc/PID/ns is unreadable (EACCES).
+            if owner != os.geteuid():
+                raise ChError(f"{what}: process belongs to UID {owner}, not to you")
             target_user = os.stat(f"/proc/{pid}/ns/user").st_ino
         except OSError as x:
             raise ChError(f"{what}: can't inspect process: {os.strerror(x.errno)}")
-        if owner != os.geteuid():
-            raise ChError(f"{what}: process belongs to UID {owner}, not to you")
         if target_user == sc.ns_inode("/proc/self/ns/user"):
             raise ChError(f"{what}: process is not in a container (same user namespace as you)")
         if not sc.pidfd_alive(pidfd):
