@@ -14,15 +14,13 @@ checks that both parsers agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, NamedTuple, Optional, Sequence
 
 from .errors import UsageError
 from .plan import Options, parse_command, parse_id
 
 
-@dataclass(frozen=True)
-class Opt:
+class Opt(NamedTuple):
     short: Optional[str]   # e.g. "-b"
     long: str              # e.g. "--bind"
     dest: str              # keyword of make_options

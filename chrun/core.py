@@ -8,10 +8,10 @@
 from __future__ import annotations
 
 import os
-import socket
+import time
 from typing import Mapping, Optional
 
-from . import container, errors, join, joinconf
+from . import container, errors
 from .errors import ChError, info
 from .plan import Options, current_user, make_plan
 
@@ -28,10 +28,12 @@ def host_cwd() -> Optional[str]:
         return None
 
 
-def join_config(opts: Options, env: Mapping[str, str]) -> joinconf.JoinConfig:
+def join_config(opts: Options, env: Mapping[str, str]):
+    """The peer group's count, tag and timeout (a :class:`chrun.joinconf.JoinConfig`)."""
+    from . import joinconf  # only peers of a group pay for this import
     return joinconf.resolve(opts.join_ct, opts.join_tag, opts.join_timeout, env,
                             uid=os.geteuid(), parent_pid=os.getppid(),
-                            hostname=socket.gethostname())
+                            hostname=os.uname().nodename)
 
 
 def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
@@ -47,10 +49,12 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
          f"{'read-write' if plan.writable else 'read-only'}")
 
     if opts.join_pid is not None:
+        from . import join
         join.attach(opts.join_pid)
     elif cfg is None or cfg.count == 1:
         container.create(plan, real_image, container.resolve_sources(plan))
     else:
+        from . import join
         sources = container.resolve_sources(plan)
         peer = join.rendezvous(cfg, os.geteuid())
         if isinstance(peer, join.Creator):
@@ -58,11 +62,6 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
             container.create(plan, real_image, sources)
             peer.hand_over()
         else:
-            peer.enter(deadline_from_now(cfg.timeout))
+            peer.enter(time.monotonic() + cfg.timeout)
     info(f"this process: PID {os.getpid()} (others can join it with --join-pid={os.getpid()})")
     container.exec_command(plan, explicit_cd=opts.cd is not None)
-
-
-def deadline_from_now(seconds: float) -> float:
-    import time
-    return time.monotonic() + seconds

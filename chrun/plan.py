@@ -10,8 +10,7 @@ creating any namespace.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from .errors import UsageError
 
@@ -22,8 +21,7 @@ ID_MAX = 2**32 - 2
 CH_RUNNING = "Weird Al Yankovic"
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     """ch-run's command line after parsing, before any decision is made."""
 
     newroot: str
@@ -43,8 +41,7 @@ class Options:
     verbose: int = 0
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     """One step of the mount sequence, inside the new root ``dst``.
 
     ``kind`` is ``bind`` (host ``src`` onto ``dst``), ``tmpfs`` (fresh tmpfs on
@@ -65,8 +62,7 @@ class Mount:
     user: bool = False
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     newroot: str
     command: Tuple[str, ...]
     host_uid: int
@@ -88,8 +84,7 @@ class Plan:
         return f"{self.gid} {self.host_gid} 1\n"
 
 
-@dataclass(frozen=True)
-class User:
+class User(NamedTuple):
     """Facts about the invoking user that the plan needs."""
 
     uid: int

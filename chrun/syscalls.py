@@ -16,8 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
-import socket
 import struct
 from typing import Optional
 
@@ -56,11 +54,12 @@ _LOCKED_FLAGS = (
 )
 
 # pidfd_open is 434 on every architecture; pivot_root is not.
+_MACHINE = os.uname().machine
 _SYS_PIDFD_OPEN = 434
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}.get(
-    platform.machine(), 155)
+    _MACHINE, 155)
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268, "ppc64le": 350, "riscv64": 268}.get(
-    platform.machine(), 308)
+    _MACHINE, 308)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
@@ -212,13 +211,15 @@ def ns_inode_fd(fd: int) -> int:
 
 # --- passing namespace handles over a Unix socket ---------------------------
 
-def send_fds(sock: socket.socket, payload: bytes, fds: list) -> None:
+def send_fds(sock: "socket.socket", payload: bytes, fds: list) -> None:
+    import socket
     sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                               struct.pack(f"{len(fds)}i", *fds))])
 
 
-def recv_fds(sock: socket.socket, maxfds: int) -> tuple:
+def recv_fds(sock: "socket.socket", maxfds: int) -> tuple:
     """Receive one message and up to ``maxfds`` descriptors (close-on-exec)."""
+    import socket
     size = struct.calcsize(f"{maxfds}i")
     data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(size),
                                             socket.MSG_CMSG_CLOEXEC)
@@ -230,7 +231,8 @@ def recv_fds(sock: socket.socket, maxfds: int) -> tuple:
     return data, fds
 
 
-def peer_credentials(sock: socket.socket) -> tuple:
+def peer_credentials(sock: "socket.socket") -> tuple:
     """(pid, uid, gid) of the process at the other end of a Unix socket."""
+    import socket
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", raw)
