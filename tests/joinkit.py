@@ -144,7 +144,7 @@ def _shm_entries(uid):
 
 
 def _tmp_entries(tag):
-    """Temp entries named like ours (other test runs may share /tmp)."""
+    """Our temp entries named like ch-run's (other test runs may share /tmp)."""
     ours = re.compile(r"^(chrun|ch-run|ch_run|join)|" + re.escape(tag.lower()))
     out = set()
     for d in {"/tmp", tempfile.gettempdir()}:
@@ -152,7 +152,12 @@ def _tmp_entries(tag):
             names = os.listdir(d)
         except OSError:
             continue
-        out |= {f"{d}/{n}" for n in names if ours.search(n.lower())}
+        for n in names:
+            try:
+                if ours.search(n.lower()) and os.lstat(f"{d}/{n}").st_uid == os.geteuid():
+                    out.add(f"{d}/{n}")
+            except OSError:
+                pass
     return out
 
 
