@@ -74,7 +74,9 @@ def test_launch_bench_smoke(mpi_image, tmp_path):
               "--hold", "0.2")
     cols, rows = read_csv(out / "results.csv")
     assert cols == ["benchmark", "variant", "median_s", "min_s", "runs", "ratio", "of",
-                    "target"]
+                    "target", "failed"]
+    failed = [(row["benchmark"], row["variant"], row["failed"]) for row in rows if row["failed"]]
+    assert not failed, failed
     benches = {row["benchmark"] for row in rows}
     assert benches == {"startup", "mpi-2 (ompi4)", "join-2"}, benches
     for row in rows:
