@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import click
 
-from . import __version__, args, errors
+from . import __version__, args
 from .args import Opt
 from .errors import ChError, UsageError
 from .plan import Options
@@ -56,9 +56,12 @@ be executed; 64 for usage errors.
 """
 
 
-class _Command(click.Command):
-    def get_help(self, ctx: click.Context) -> str:
-        return HELP.replace("\b\n", "").rstrip("\n")
+def fixed_help(text: str) -> type:
+    """A click command class whose ``--help`` prints ``text`` as written."""
+    class FixedHelpCommand(click.Command):
+        def get_help(self, ctx: click.Context) -> str:
+            return text.replace("\b\n", "").rstrip("\n")
+    return FixedHelpCommand
 
 
 def _print_usage(ctx: click.Context, _param, value: bool) -> None:
@@ -67,7 +70,7 @@ def _print_usage(ctx: click.Context, _param, value: bool) -> None:
         ctx.exit(0)
 
 
-def _print_version(ctx: click.Context, _param, value: bool) -> None:
+def print_version(ctx: click.Context, _param, value: bool) -> None:
     if value and not ctx.resilient_parsing:
         click.echo(__version__)
         ctx.exit(0)
@@ -101,13 +104,13 @@ def run_options(f):
 make_options = args.make_options
 
 
-@click.command(cls=_Command, add_help_option=False,
+@click.command(cls=fixed_help(HELP), add_help_option=False,
                context_settings={"allow_interspersed_args": False,
                                  "help_option_names": ["-?", "--help"]})
 @click.help_option("-?", "--help")
 @click.option("--usage", is_flag=True, expose_value=False, is_eager=True, callback=_print_usage)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version)
+              callback=print_version)
 @run_options
 def command(**kw) -> Options:
     return make_options(**kw)

@@ -19,7 +19,7 @@ import errno
 import os
 import signal
 import stat
-from typing import Dict, Optional
+from typing import Dict
 
 from . import errors, syscalls as sc
 from .errors import ChError, EXIT_EXEC, info

@@ -8,23 +8,24 @@ in :mod:`chrun.cli`.  Every failure ends here as one message and an exit code.
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from . import args, errors
 from .errors import ChError
 
+if TYPE_CHECKING:
+    from .plan import Options
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+
+def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
+    """Parse with ``parse`` (None: an informational option ran), then run; ch-mpirun shares this.
+
+    Every :class:`ChError` becomes its one line on stderr and its exit code here.
+    """
     try:
-        values = args.scan(argv)
-        if values is None:
-            from . import cli
-            opts = cli.parse(argv)
-            if opts is None:  # --help, --usage, --version
-                return 0
-        else:
-            opts = args.make_options(**values)
+        opts = parse()
+        if opts is None:  # --help, --usage, --version
+            return 0
         from .core import run
         run(opts)
         raise AssertionError("run() returned")  # pragma: no cover
@@ -33,6 +34,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return x.code
     except KeyboardInterrupt:
         return 130
+
+
+def parse_run_args(argv: Sequence[str]) -> Optional["Options"]:
+    """ch-run's options from ``argv``: the scanner for well-formed lines, else click."""
+    values = args.scan(argv)
+    if values is None:
+        from . import cli
+        return cli.parse(argv)
+    return args.make_options(**values)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda: parse_run_args(argv))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,10 @@ import ctypes
 import errno
 import os
 import struct
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import socket
 
 from .errors import ChError
 

@@ -33,8 +33,9 @@ from typing import List, Mapping, Optional
 
 import click
 
-from chrun import __version__, cli, errors
+from chrun import cli, errors
 from chrun.errors import ChError, UsageError, info
+from chrun.main import run_cli
 from chrun.plan import Options
 
 from . import launchers, viampi
@@ -75,22 +76,11 @@ Exit status: CMD's own; 31 if ch-mpirun fails; 49 if CMD cannot be executed;
 """
 
 
-class _Command(click.Command):
-    def get_help(self, ctx: click.Context) -> str:
-        return HELP.replace("\b\n", "").rstrip("\n")
-
-
-def _print_version(ctx: click.Context, _param, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(__version__)
-        ctx.exit(0)
-
-
-@click.command(cls=_Command, add_help_option=False,
+@click.command(cls=cli.fixed_help(HELP), add_help_option=False,
                context_settings={"allow_interspersed_args": False})
 @click.help_option("-?", "--help")
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version)
+              callback=cli.print_version)
 @click.option("--mode", metavar="MODE")
 @cli.run_options
 def command(mode: Optional[str], **kw) -> tuple:
@@ -145,8 +135,7 @@ def decide(mode: str, opts: Options, env: Mapping[str, str]) -> Options:
 
 
 def _joined(opts: Options, count: int, tag: str) -> Options:
-    from dataclasses import replace
-    return replace(opts, join_ct=str(count), join_tag=tag)
+    return opts._replace(join_ct=str(count), join_tag=tag)
 
 
 def _warn_uid(found: launchers.Launcher, opts: Options) -> None:
@@ -157,22 +146,17 @@ def _warn_uid(found: launchers.Launcher, opts: Options) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     errors.set_program("ch-mpirun")
-    try:
-        parsed = cli.parse(sys.argv[1:] if argv is None else argv, "ch-mpirun", command)
+    args = sys.argv[1:] if argv is None else argv
+
+    def parse() -> Optional[Options]:
+        parsed = cli.parse(args, "ch-mpirun", command)
         if parsed is None:
-            return 0
+            return None
         mode_opt, opts = parsed
         errors.verbosity = opts.verbose
-        mode = choose_mode(mode_opt, os.environ)
-        opts = decide(mode, opts, os.environ)
-        from chrun.core import run
-        run(opts)
-        raise AssertionError("run() returned")  # pragma: no cover
-    except ChError as x:
-        errors.error(x.message)
-        return x.code
-    except KeyboardInterrupt:
-        return 130
+        return decide(choose_mode(mode_opt, os.environ), opts, os.environ)
+
+    return run_cli(parse)
 
 
 if __name__ == "__main__":
