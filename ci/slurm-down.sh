@@ -25,31 +25,7 @@ fi
 exec 9>"$DIR/lock"
 flock -w 120 9 || log "warning: could not lock $DIR/lock; going on"
 
-starttime() {
-    local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    s=${s##*) }
-    local fields
-    read -ra fields <<<"$s"
-    echo "${fields[19]}"
-}
-
-procstate() {
-    local s
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    s=${s##*) }
-    echo "${s%% *}"
-}
-
-# alive NAME: prints the recorded PID if that very process still runs
-alive() {
-    local f=$DIR/run/$1.pid pid st
-    [[ -f $f ]] || return 1
-    read -r pid st < "$f" || return 1
-    [[ -n $pid && $(starttime "$pid" 2>/dev/null) == "$st" ]] || return 1
-    [[ $(procstate "$pid") != Z ]] || return 1   # exited, not yet reaped
-    echo "$pid"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/slurm-lib.sh"   # starttime, procstate, alive
 
 # stop_pids LABEL PID...: TERM, wait up to $WAIT s, then KILL
 stop_pids() {
