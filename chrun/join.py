@@ -32,7 +32,6 @@ import os
 import select
 import socket
 import time
-from dataclasses import dataclass
 from typing import Optional
 
 from . import errors, syscalls as sc
@@ -43,13 +42,15 @@ from .joinconf import JoinConfig, socket_name
 NAME_ATTEMPTS = 8
 
 
-@dataclass
 class Creator:
-    cfg: JoinConfig
-    listener: socket.socket
-    name: bytes
-    channel: Optional[socket.socket] = None  # to the holder
-    holder_pid: int = 0
+    """The peer that bound the group's socket: it builds the container."""
+
+    def __init__(self, cfg: JoinConfig, listener: socket.socket, name: bytes):
+        self.cfg = cfg
+        self.listener = listener
+        self.name = name
+        self.channel: Optional[socket.socket] = None  # to the holder
+        self.holder_pid = 0
 
     def start_holder(self) -> None:
         """Fork the holder, which waits for our namespaces and serves the peers."""
@@ -98,11 +99,13 @@ class Creator:
              f"holder PID {self.holder_pid}")
 
 
-@dataclass
 class Joiner:
-    cfg: JoinConfig
-    conn: socket.socket
-    creator_pid: int  # the PID that bound the group's socket
+    """A peer connected to the group's holder, about to receive the namespaces."""
+
+    def __init__(self, cfg: JoinConfig, conn: socket.socket, creator_pid: int):
+        self.cfg = cfg
+        self.conn = conn
+        self.creator_pid = creator_pid  # the PID that bound the group's socket
 
     def enter(self, deadline: float) -> None:
         """Receive the group's namespaces and move into them."""

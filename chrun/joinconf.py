@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
-from typing import List, Mapping, Optional
+from typing import List, Mapping, NamedTuple, Optional
 
 from .errors import UsageError
 
@@ -28,8 +27,7 @@ DEFAULT_TIMEOUT = 30.0
 TIMEOUT_VAR = "CH_RUN_JOIN_TIMEOUT"
 
 
-@dataclass(frozen=True)
-class JoinConfig:
+class JoinConfig(NamedTuple):
     count: int
     tag: str
     count_from: str
