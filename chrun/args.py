@@ -14,18 +14,19 @@ checks that both parsers agree.
 
 from __future__ import annotations
 
-from typing import Dict, NamedTuple, Optional, Sequence
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+    from typing import Dict, Optional, Sequence
 
 from .errors import UsageError
-from .plan import Options, parse_command, parse_id
+from .plan import Options, _record, parse_command, parse_id
 
 
-class Opt(NamedTuple):
-    short: Optional[str]   # e.g. "-b"
-    long: str              # e.g. "--bind"
-    dest: str              # keyword of make_options
-    kind: str              # "value", "multi", "flag" or "count"
-    metavar: Optional[str] = None
+Opt = _record(
+    "Opt", ("short", "long", "dest", "kind"),
+    """One option: ``short`` (e.g. ``-b``, or None), ``long`` (``--bind``), ``dest`` (keyword
+    of :func:`make_options`), ``kind`` (``value``, ``multi``, ``flag`` or ``count``).""",
+    metavar=None)
 
 
 RUN_OPTIONS = (
@@ -44,13 +45,9 @@ RUN_OPTIONS = (
     Opt("-w", "--write", "write", "flag"),
 )
 
-_SHORT = {o.short: o for o in RUN_OPTIONS if o.short}
-_LONG = {o.long: o for o in RUN_OPTIONS}
-
-
-def defaults() -> Dict[str, object]:
+def defaults(options: tuple = RUN_OPTIONS) -> Dict[str, object]:
     out: Dict[str, object] = {}
-    for o in RUN_OPTIONS:
+    for o in options:
         out[o.dest] = {"value": None, "multi": (), "flag": False, "count": 0}[o.kind]
     return out
 
@@ -66,9 +63,11 @@ def _store(values: Dict[str, object], opt: Opt, value: Optional[str]) -> None:
         values[opt.dest] = value
 
 
-def scan(argv: Sequence[str]) -> Optional[Dict[str, object]]:
-    """make_options keywords for ``argv``, or None to let click decide."""
-    values = defaults()
+def scan(argv: Sequence[str], options: tuple = RUN_OPTIONS) -> Optional[Dict[str, object]]:
+    """Keywords of ``options`` for ``argv`` (default: make_options'), or None to let click decide."""
+    short = {o.short: o for o in options if o.short}
+    long = {o.long: o for o in options}
+    values = defaults(options)
     i, n = 0, len(argv)
     while i < n:
         a = argv[i]
@@ -77,7 +76,7 @@ def scan(argv: Sequence[str]) -> Optional[Dict[str, object]]:
             break
         if a.startswith("--"):
             name, eq, attached = a.partition("=")
-            opt = _LONG.get(name)
+            opt = long.get(name)
             if opt is None:
                 return None
             if opt.kind in ("flag", "count"):
@@ -96,7 +95,7 @@ def scan(argv: Sequence[str]) -> Optional[Dict[str, object]]:
         if a.startswith("-") and a != "-":
             j = 1
             while j < len(a):
-                opt = _SHORT.get("-" + a[j])
+                opt = short.get("-" + a[j])
                 if opt is None:
                     return None
                 if opt.kind in ("flag", "count"):

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
-from typing import Dict
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+    from typing import Dict
 
 from . import errors, syscalls as sc
 from .errors import ChError, EXIT_EXEC, info
@@ -223,12 +224,10 @@ def exec_command(plan: Plan, explicit_cd: bool) -> None:
     """Step 7: become the command.  Returns only by raising."""
     sc.no_new_privs()
     change_dir(plan, explicit_cd)
-    # Python ignores SIGPIPE and SIGXFSZ; the command must get the defaults.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    sc.default_signals()
     info(f"executing: {' '.join(plan.command)}")
     errors.flush_std()
     try:
-        os.execvpe(plan.command[0], list(plan.command), plan.env)
+        sc.execvpe(plan.command[0], list(plan.command), plan.env)
     except OSError as x:
         raise ChError(f"can't execve(2): {plan.command[0]}: {os.strerror(x.errno)}", EXIT_EXEC)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Mapping, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+    from typing import Mapping, Optional
 
 from . import container, errors
 from .errors import ChError, info

@@ -8,12 +8,14 @@ in :mod:`chrun.cli`.  Every failure ends here as one message and an exit code.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from . import args, errors
 from .errors import ChError
 
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+    from typing import Callable, Optional, Sequence
+
     from .plan import Options
 
 

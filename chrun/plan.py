@@ -10,7 +10,11 @@ creating any namespace.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from collections import namedtuple
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: importing typing would slow every ch-run down
+    from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .errors import UsageError
 
@@ -21,27 +25,30 @@ ID_MAX = 2**32 - 2
 CH_RUNNING = "Weird Al Yankovic"
 
 
-class Options(NamedTuple):
-    """ch-run's command line after parsing, before any decision is made."""
+def _record(name: str, fields: tuple, doc: str, /, **defaults) -> type:
+    """An immutable record type (a named tuple): ``fields``, then those with ``defaults``.
 
-    newroot: str
-    command: Tuple[str, ...]
-    binds: Tuple[str, ...] = ()
-    cd: Optional[str] = None
-    uid: Optional[int] = None
-    gid: Optional[int] = None
-    join: bool = False
-    join_ct: Optional[str] = None
-    join_tag: Optional[str] = None
-    join_pid: Optional[int] = None
-    join_timeout: Optional[float] = None
-    no_home: bool = False
-    private_tmp: bool = False
-    write: bool = False
-    verbose: int = 0
+    Not ``typing.NamedTuple`` or ``dataclasses``: importing either costs more than
+    building a container, and ch-run starts once per MPI rank.
+    """
+    base = namedtuple(name, fields + tuple(defaults), defaults=tuple(defaults.values()))
+    return type(name, (base,), {"__slots__": (), "__doc__": doc})
 
 
-class Mount(NamedTuple):
+Options = _record(
+    "Options", ("newroot", "command"),
+    """ch-run's command line after parsing, before any decision is made.
+
+    ``newroot`` (str), ``command`` (tuple of str), ``binds`` (tuple of ``SRC[:DST]``),
+    ``cd``, ``join_ct``, ``join_tag`` (str or None), ``uid``, ``gid``, ``join_pid`` (int or
+    None), ``join_timeout`` (float or None), ``join``, ``no_home``, ``private_tmp``,
+    ``write`` (bool), ``verbose`` (int).""",
+    binds=(), cd=None, uid=None, gid=None, join=False, join_ct=None, join_tag=None,
+    join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
+    verbose=0)
+
+Mount = _record(
+    "Mount", ("kind", "dst"),
     """One step of the mount sequence, inside the new root ``dst``.
 
     ``kind`` is ``bind`` (host ``src`` onto ``dst``), ``tmpfs`` (fresh tmpfs on
@@ -50,30 +57,18 @@ class Mount(NamedTuple):
     ``required`` says whether a missing ``dst`` is an error or a skip.
     ``user`` marks a ``--bind``: a ``dst`` whose symlinks lead out of the image
     is an error; ch-run's own mounts resolve symlinks in ``dst`` the way the
-    container will (absolute ones from the image's root).
-    """
-
-    kind: str
-    dst: str
-    src: Optional[str] = None
-    content: Optional[str] = None
-    required: bool = True
-    why: str = ""
-    user: bool = False
+    container will (absolute ones from the image's root).  ``why`` is for messages.""",
+    src=None, content=None, required=True, why="", user=False)
 
 
-class Plan(NamedTuple):
-    newroot: str
-    command: Tuple[str, ...]
-    host_uid: int
-    host_gid: int
-    uid: int
-    gid: int
-    writable: bool
-    mounts: Tuple[Mount, ...]
-    env: Dict[str, str]
-    cwd: Optional[str]
-    fallback_cwd: str = "/"
+class Plan(namedtuple("Plan", ("newroot", "command", "host_uid", "host_gid", "uid", "gid",
+                               "writable", "mounts", "env", "cwd", "fallback_cwd"),
+                      defaults=("/",))):
+    """Everything the container needs: ID maps, mounts (tuple of :class:`Mount`),
+    the command's environment (dict) and working directory (``cwd``, else
+    ``fallback_cwd``)."""
+
+    __slots__ = ()
 
     @property
     def uid_map(self) -> str:
@@ -84,15 +79,10 @@ class Plan(NamedTuple):
         return f"{self.gid} {self.host_gid} 1\n"
 
 
-class User(NamedTuple):
-    """Facts about the invoking user that the plan needs."""
-
-    uid: int
-    gid: int
-    name: str
-    home: Optional[str]
-    gecos: str = ""
-    group: Optional[str] = None
+User = _record(
+    "User", ("uid", "gid", "name", "home"),
+    "Facts about the invoking user that the plan needs (``home`` may be None).",
+    gecos="", group=None)
 
 
 # --- parsing helpers ----------------------------------------------------------

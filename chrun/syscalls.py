@@ -13,14 +13,15 @@ thread, and :func:`assert_single_threaded` checks it before those calls.
 
 from __future__ import annotations
 
+import _signal
 import ctypes
 import errno
 import os
 import struct
-from typing import TYPE_CHECKING, Optional
-
-if TYPE_CHECKING:
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
     import socket
+    from typing import Optional
 
 from .errors import ChError
 
@@ -176,6 +177,39 @@ def umount_detach(target: str, what: str) -> None:
 def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)),
            f"pivot_root(2) into {new_root}")
+
+
+def default_signals() -> None:
+    """Give back the default SIGPIPE and SIGXFSZ handling that Python turned off.
+
+    Through ``_signal``, the C half of :mod:`signal`: the module itself imports
+    :mod:`enum`, which would cost every ch-run a few milliseconds.
+    """
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
+
+
+def execvpe(file: str, argv: list, env: dict) -> None:
+    """``execvp(3)`` with ``env``: search ``env``'s PATH for ``file`` and exec it.
+
+    Not :func:`os.execvpe`: it imports :mod:`warnings` on the way, and after
+    ``pivot_root`` the host's Python library is gone.  Like execvp, an
+    EACCES candidate is remembered and reported if no later one works.
+    """
+    if "/" in file:
+        os.execve(file, argv, env)
+    denied = None
+    for d in (env.get("PATH") or "/bin:/usr/bin").split(":"):
+        try:
+            os.execve(f"{d or '.'}/{file}", argv, env)
+        except OSError as x:
+            if x.errno == errno.EACCES:
+                denied = x
+            elif x.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
+                raise
+    if denied is not None:
+        raise denied
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 
 def no_new_privs() -> None:

@@ -23,23 +23,25 @@ Slurm variables that describe the allocation, not this job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import namedtuple
 from typing import Callable, Mapping, Optional
 
 from chrun.joinconf import count_from_slurm_tasks, count_from_variable
 
 
-@dataclass(frozen=True)
-class Launcher:
-    """What the environment says about the launcher of this rank."""
+class Launcher(namedtuple("Launcher", ("name", "family", "version", "local_size",
+                                         "size_from", "tag", "tag_from"))):
+    """What the environment says about the launcher of this rank.
 
-    name: str                 # for -v: "Open MPI 5", "MPICH hydra", "Slurm srun", "none"
-    family: str               # "ompi", "hydra", "slurm" or "none"
-    version: Optional[int]    # major version where the environment tells it
-    local_size: int           # ranks on this node (1 outside any launcher)
-    size_from: str            # where local_size came from
-    tag: Optional[str]        # names this job on this node; None outside any launcher
-    tag_from: str
+    ``name`` for -v ("Open MPI 5", "MPICH hydra", "Slurm srun", "none"); ``family``
+    ("ompi", "hydra", "slurm" or "none"); ``version``: major version where the
+    environment tells it, else None; ``local_size``: ranks on this node (1 outside
+    any launcher) and ``size_from`` where it came from; ``tag`` names this job on
+    this node (None outside any launcher) and ``tag_from`` where it came from.
+    (A named tuple, not a dataclass: every rank imports this.)
+    """
+
+    __slots__ = ()
 
     @property
     def reinit_ok(self) -> bool:

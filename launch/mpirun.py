@@ -31,14 +31,12 @@ import os
 import sys
 from typing import List, Mapping, Optional
 
-import click
-
-from chrun import cli, errors
+from chrun import args, errors
 from chrun.errors import ChError, UsageError, info
 from chrun.main import run_cli
 from chrun.plan import Options
 
-from . import launchers, viampi
+from . import launchers
 
 MODES = ("auto", "mpi4py", "env")
 MODE_VAR = "CH_MPIRUN_MODE"
@@ -76,19 +74,47 @@ Exit status: CMD's own; 31 if ch-mpirun fails; 49 if CMD cannot be executed;
 """
 
 
-@click.command(cls=cli.fixed_help(HELP), add_help_option=False,
-               context_settings={"allow_interspersed_args": False})
-@click.help_option("-?", "--help")
-@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=cli.print_version)
-@click.option("--mode", metavar="MODE")
-@cli.run_options
-def command(mode: Optional[str], **kw) -> tuple:
-    for name, flag in (("join", "--join"), ("join_ct", "--join-ct"),
-                       ("join_tag", "--join-tag"), ("join_pid", "--join-pid")):
+#: ch-mpirun's own option, next to ch-run's (chrun.args.RUN_OPTIONS).
+MODE_OPTION = args.Opt(None, "--mode", "mode", "value", "MODE")
+#: ch-run options that ch-mpirun decides itself.
+GROUP_OPTIONS = (("join", "--join"), ("join_ct", "--join-ct"),
+                 ("join_tag", "--join-tag"), ("join_pid", "--join-pid"))
+
+
+def _make(mode: Optional[str], **kw) -> tuple:
+    """(mode option, :class:`Options`) from option values, refusing the group options."""
+    for name, flag in GROUP_OPTIONS:
         if kw[name]:
             raise UsageError(f"{flag}: ch-mpirun decides the peer group itself")
-    return mode, cli.make_options(**kw)
+    return mode, args.make_options(**kw)
+
+
+def click_command():
+    """The click command (help, usage errors): built only when the scanner defers to it."""
+    import click
+
+    from chrun import cli
+
+    @click.command(cls=cli.fixed_help(HELP), add_help_option=False,
+                   context_settings={"allow_interspersed_args": False})
+    @click.help_option("-?", "--help")
+    @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
+                  callback=cli.print_version)
+    @click.option("--mode", metavar="MODE")
+    @cli.run_options
+    def command(mode: Optional[str], **kw) -> tuple:
+        return _make(mode, **kw)
+
+    return command
+
+
+def parse(argv: List[str]) -> Optional[tuple]:
+    """(mode option, :class:`Options`), or None after --help/--version."""
+    values = args.scan(argv, args.RUN_OPTIONS + (MODE_OPTION,))
+    if values is None:
+        from chrun import cli
+        return cli.parse(argv, "ch-mpirun", click_command())
+    return _make(**values)
 
 
 def choose_mode(option: Optional[str], env: Mapping[str, str]) -> str:
@@ -124,6 +150,7 @@ def decide(mode: str, opts: Options, env: Mapping[str, str]) -> Options:
     # mpi4py
     # Forced: the user knows the library; auto: only a library known to survive.
     family = None if found.family in ("none", "slurm") else found.family
+    from . import viampi  # MPI is imported only on this path
     try:
         group = viampi.node_group(family, force=forced)
     except viampi.Unsupported as x:
@@ -146,17 +173,17 @@ def _warn_uid(found: launchers.Launcher, opts: Options) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     errors.set_program("ch-mpirun")
-    args = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else argv
 
-    def parse() -> Optional[Options]:
-        parsed = cli.parse(args, "ch-mpirun", command)
+    def options() -> Optional[Options]:
+        parsed = parse(argv)
         if parsed is None:
             return None
         mode_opt, opts = parsed
         errors.verbosity = opts.verbose
         return decide(choose_mode(mode_opt, os.environ), opts, os.environ)
 
-    return run_cli(parse)
+    return run_cli(options)
 
 
 if __name__ == "__main__":

@@ -79,3 +79,22 @@ def test_option_table_matches_click_command():
     names = {n for p in cli.command.params for n in getattr(p, "opts", [])}
     for o in args.RUN_OPTIONS:
         assert o.long in names and (o.short is None or o.short in names)
+
+
+def test_ch_mpirun_scanner_agrees_with_its_click_command():
+    """ch-mpirun scans ch-run's options plus --mode; the same agreement must hold."""
+    from launch import mpirun
+    tokens = TOKENS + ["--mode", "env", "--mode=mpi4py", "--mode=", "--join-pid=3"]
+    command = mpirun.click_command()
+    rng = random.Random(7)
+    checked = 0
+    for _ in range(2000):
+        argv = [rng.choice(tokens) for _ in range(rng.randint(0, 9))]
+        values = args.scan(argv, args.RUN_OPTIONS + (mpirun.MODE_OPTION,))
+        if values is None:
+            continue
+        fast_out = outcome(lambda a: mpirun._make(**values), argv)
+        slow_out = outcome(lambda a: cli.parse(a, "ch-mpirun", command), argv)
+        assert fast_out == slow_out, argv
+        checked += 1
+    assert checked > 300
