@@ -222,6 +222,7 @@ def _recv_line(sock: socket.socket, deadline: float) -> str:
 def _holder_main(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> None:
     """The holder process.  Never returns; the caller's ``finally`` does ``_exit``."""
     try:
+        sc.set_process_name("ch-run-holder")  # ps/pgrep -x tell it from the peers
         os.chdir("/")
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)

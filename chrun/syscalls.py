@@ -44,7 +44,7 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 0x2
 
 PR_SET_NO_NEW_PRIVS = 38
-PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 
 # statvfs f_flag bits (ST_*) that the kernel locks on a mount made in a more
 # privileged namespace, with the mount flag that keeps each one.
@@ -216,8 +216,10 @@ def no_new_privs() -> None:
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(2) PR_SET_NO_NEW_PRIVS")
 
 
-def parent_death_signal(sig: int) -> None:
-    _check(_libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(2) PR_SET_PDEATHSIG")
+def set_process_name(name: str) -> None:
+    """The name ps and ``pgrep -x`` show (at most 15 bytes); best effort."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
 
 
 def write_proc(path: str, text: str) -> None:
