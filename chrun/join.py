@@ -27,7 +27,6 @@ the same user through a pidfd.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import select
 import socket
@@ -80,9 +79,8 @@ class Creator:
         try:
             # No tag here: joiners know it, and a long one (up to 4096 bytes) would
             # not fit the joiner's receive buffer.
-            payload = json.dumps({"creator": os.getpid(), "holder": self.holder_pid,
-                                  "user_ns": sc.ns_inode_fd(fds[0]),
-                                  "mnt_ns": sc.ns_inode_fd(fds[1])}).encode()
+            payload = _message(creator=os.getpid(), holder=self.holder_pid,
+                               user_ns=sc.ns_inode_fd(fds[0]), mnt_ns=sc.ns_inode_fd(fds[1]))
             sc.send_fds(self.channel, payload, fds)
         except OSError as x:
             raise ChError(f"join: group {self.cfg.tag!r}: holder PID {self.holder_pid} gave up "
@@ -129,7 +127,7 @@ class Joiner:
                                            "(creator failed or died, or group already full)")
                 raise ChError(f"{what}: {reason}")
             try:
-                meta = json.loads(data)
+                meta = _fields(data)
             except ValueError:
                 raise ChError(f"{what}: garbled message from holder ({len(data)} bytes)")
             sc.assert_single_threaded("can't join namespaces")
@@ -183,18 +181,34 @@ def rendezvous(cfg: JoinConfig, uid: int):
     raise ChError(f"join: group {cfg.tag!r}: all {NAME_ATTEMPTS} socket names are held by other users")
 
 
+def _message(**fields) -> bytes:
+    """One message between peers: ``key=value`` lines (values have no newline)."""
+    return "".join(f"{k}={str(v).replace(chr(10), ' ')}\n" for k, v in fields.items()).encode()
+
+
+def _fields(data: bytes) -> dict:
+    """The fields of a :func:`_message`; ValueError if it is not one."""
+    out = {}
+    for line in data.decode().splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ValueError(line)
+        out[key] = value
+    return out
+
+
 def _reason(data: bytes) -> str:
     """The holder's explanation in a message without descriptors, if any."""
     try:
-        return str(json.loads(data).get("error", ""))
-    except (ValueError, AttributeError):
+        return _fields(data).get("error", "")
+    except ValueError:
         return ""
 
 
 def _turn_away(listener: socket.socket, reason: str) -> None:
     """Tell every joiner already waiting in the backlog why there is no container."""
     listener.setblocking(False)
-    payload = json.dumps({"error": reason}).encode()
+    payload = _message(error=reason)
     me = os.geteuid()
     while True:
         try:

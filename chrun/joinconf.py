@@ -13,8 +13,6 @@ takes its own entry, picked by ``SLURM_NODEID``.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from typing import List, Mapping, NamedTuple, Optional
 
 from .errors import UsageError
@@ -44,26 +42,42 @@ def _check_count(value: int, source: str, text: str) -> int:
     return value
 
 
+# No re or hashlib here: every peer of a group imports this module, and those two
+# imports would cost more than joining (64 peers on 2 cores pay it 32 times each).
+
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def leading_digits(text: str) -> str:
+    """``' 12(x3)'`` → ``'12'``: the digits after leading white space."""
+    text = text.lstrip()
+    n = 0
+    while n < len(text) and "0" <= text[n] <= "9":
+        n += 1
+    return text[:n]
+
+
 def count_from_option(text: str) -> int:
-    if not re.fullmatch(r"[0-9]+", text):
+    if not _digits(text):
         raise UsageError(f"invalid --join-ct: {text!r}: not a positive integer")
     return _check_count(int(text), "--join-ct", text)
 
 
 def count_from_variable(name: str, text: str) -> int:
-    m = re.match(r"\s*([0-9]+)", text)
-    if not m:
+    digits = leading_digits(text)
+    if not digits:
         raise UsageError(f"invalid peer count from ${name}: {text!r}: not a positive integer")
-    return _check_count(int(m.group(1)), f"${name}", text)
+    return _check_count(int(digits), f"${name}", text)
 
 
 def expand_tasks_per_node(text: str) -> List[str]:
     """``2(x2),1`` → ``['2', '2', '1']`` (each entry as text, junk kept)."""
     out: List[str] = []
     for item in text.split(","):
-        m = re.fullmatch(r"\s*([0-9]+)\(x([0-9]+)\)\s*", item)
-        if m:
-            out.extend([m.group(1)] * min(int(m.group(2)), 1 << 16))
+        count, sep, times = item.strip().partition("(x")
+        if sep and _digits(count) and times.endswith(")") and _digits(times[:-1]):
+            out.extend([count] * min(int(times[:-1]), 1 << 16))
         else:
             out.append(item)
     return out
@@ -137,9 +151,21 @@ def group_key(uid: int, tag: str, env: Mapping[str, str], hostname: str) -> str:
     return "\n".join(parts)
 
 
+def _sha256(data: bytes):
+    """SHA-256 from CPython's built-in module: hashlib would load OpenSSL first."""
+    try:
+        from _sha256 import sha256  # CPython <= 3.11
+    except ImportError:
+        try:
+            from _sha2 import sha256  # CPython >= 3.12
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data)
+
+
 def socket_name(uid: int, key: str, attempt: int = 0) -> bytes:
     """Abstract Unix socket name for the group (no file, so nothing to leak)."""
-    digest = hashlib.sha256(key.encode(errors="surrogateescape")).hexdigest()[:40]
+    digest = _sha256(key.encode(errors="surrogateescape")).hexdigest()[:40]
     return f"\0chrun-join/{uid}/{digest}/{attempt}".encode()
 
 

@@ -22,11 +22,10 @@ Slurm variables that describe the allocation, not this job.
 
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 from typing import Callable, Mapping, Optional
 
-from chrun.joinconf import count_from_slurm_tasks, count_from_variable
+from chrun.joinconf import count_from_slurm_tasks, count_from_variable, leading_digits
 
 
 class Launcher(namedtuple("Launcher", ("name", "family", "version", "local_size",
@@ -58,8 +57,8 @@ class Launcher(namedtuple("Launcher", ("name", "family", "version", "local_size"
 
 
 def _major(text: Optional[str]) -> Optional[int]:
-    m = re.match(r"\s*([0-9]+)", text or "")
-    return int(m.group(1)) if m else None
+    digits = leading_digits(text or "")
+    return int(digits) if digits else None
 
 
 def detect(env: Mapping[str, str], parent_pid: int,
