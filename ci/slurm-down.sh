@@ -3,14 +3,16 @@
 # each daemon by its recorded PID (TERM, wait, KILL after a bound), then
 # every process still running on an emulated node (found by the node's
 # UTS namespace: slurmstepd, job tasks), then the cluster's own munged. Idempotent; never fails. Keeps logs, config and job state in $DIR;
-# removes only the PID records.
+# removes only the PID records, and the nodes' TmpFS under /tmp.
 #
 # Environment: CHRUN_SLURM_DIR (default /var/tmp/chrun-slurm),
+# CHRUN_SLURM_TMPFS (as for slurm-up.sh, default /tmp/slurm-tmpfs),
 # CHRUN_SLURM_STOP_WAIT seconds before KILL (default 10).
 set -u
 
 DIR=${CHRUN_SLURM_DIR:-/var/tmp/chrun-slurm}
 WAIT=${CHRUN_SLURM_STOP_WAIT:-10}
+TMPFS=${CHRUN_SLURM_TMPFS:-/tmp/slurm-tmpfs}
 log() { printf 'slurm-down: %s\n' "$*" >&2; }
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -129,6 +131,12 @@ mapfile -t stray < <(pgrep -f -- "^munged .*--socket=$DIR/munge/munge.socket " 2
 stop_pids "unrecorded munged on $DIR/munge/munge.socket" "${stray[@]}"
 
 rm -f "$DIR"/run/*.pid "$DIR"/run/*.uts "$DIR"/run/*.pidfile
+
+# The nodes' TmpFS (PMIx client dirs), which slurm-up.sh made under /tmp;
+# only a real directory of root's (not a symlink someone planted).
+if [[ -d $TMPFS && ! -L $TMPFS && $(stat -c %u "$TMPFS") == 0 ]]; then
+    rm -rf --one-file-system -- "$TMPFS"
+fi
 
 # 5. Report anything that still looks like Slurm (not ours, or unkillable).
 # Zombies (exited, waiting for PID 1 to reap them) do not count.

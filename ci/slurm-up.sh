@@ -21,6 +21,9 @@
 #   CHRUN_SLURM_CPUS       CPUs each emulated node claims (default 8)
 #   CHRUN_SLURM_ETC_CONF   where to install the config for plain srun
 #                          (default /etc/slurm/slurm.conf; empty: nowhere)
+#   CHRUN_SLURM_TMPFS      base of each node's TmpFS, a directory under /tmp
+#                          so containers (ch-run binds the host's /tmp) see
+#                          the PMIx client dirs (default /tmp/slurm-tmpfs)
 #
 # The config is written to $DIR/slurm.conf and installed as
 # /etc/slurm/slurm.conf so plain srun/sbatch/sinfo work for every user;
@@ -40,6 +43,7 @@ CPUS=${CHRUN_SLURM_CPUS:-8}
 NODES=(n1 n2)
 MARKER='# Written by chrun ci/slurm-up.sh'
 ETC_CONF=${CHRUN_SLURM_ETC_CONF-/etc/slurm/slurm.conf}
+TMPFS=${CHRUN_SLURM_TMPFS:-/tmp/slurm-tmpfs}
 
 t_start=$(date +%s.%N)
 log() { printf 'slurm-up: %s\n' "$*" >&2; }
@@ -65,6 +69,10 @@ done
 
 mkdir -p "$DIR"
 chmod 0755 "$DIR"
+# /tmp is world-writable: refuse a TmpFS base someone else made.
+if [[ -L $TMPFS || ( -e $TMPFS && ( ! -d $TMPFS || $(stat -c %u "$TMPFS") != 0 ) ) ]]; then
+    die "$TMPFS is not a directory owned by root; remove it"
+fi
 mkdir -p "$DIR/run" "$DIR/log" "$DIR/state" "$DIR/spool"
 chmod 0755 "$DIR/log"
 
@@ -184,7 +192,7 @@ ReturnToService=2
 SlurmdParameters=config_overrides
 KillWait=5
 InactiveLimit=0
-TmpFS=$DIR/tmp/%n
+TmpFS=$TMPFS/%n
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pidfile
@@ -204,6 +212,25 @@ EOF
 } > "$conf.new"
 chmod 0644 "$conf.new"
 mv "$conf.new" "$conf"
+
+# mpi.conf, next to slurm.conf (slurmstepd reads it from the directory of
+# the slurm.conf slurmd was started with). Slurm's mpi/pmix gives each task
+# a client directory (spmix_appdir_UID_JOB.STEP, where Open MPI puts its
+# session directory) under PMIxCliTmpDirBase, or TmpFS if that is unset.
+# Both must be under /tmp, which ch-run binds into every container. A real
+# site can set PMIxCliTmpDirBase=/tmp/DIR; here it stays unset, so TmpFS
+# (per node, as on real nodes) is used: Slurm 22.05 does not expand %n in
+# PMIxCliTmpDirBase, and the emulated nodes share one /tmp. The server's
+# shared-memory data store (PMIX_SERVER_TMPDIR, under SlurmdSpoolDir) is not
+# visible inside either; PMIx would fall back after a "gds_ds12_lock" error
+# on each rank: have the clients use the hash store at once.
+{
+    echo "$MARKER"
+    echo "# PMIxCliTmpDirBase unset: client dirs go to TmpFS=$TMPFS/%n"
+    echo "PMIxEnv=PMIX_MCA_gds=hash"
+} > "$DIR/mpi.conf.new"
+chmod 0644 "$DIR/mpi.conf.new"
+mv "$DIR/mpi.conf.new" "$DIR/mpi.conf"
 
 if [[ -z $ETC_CONF ]]; then
     :
@@ -236,7 +263,7 @@ for n in "${NODES[@]}"; do
     mkdir -p "$DIR/spool/$n"
     # Node-local TmpFS: srun --mpi=pmix makes spmix_appdir_UID_JOB.STEP
     # there on every node, which collides in one shared /tmp.
-    install -d -m 1777 "$DIR/tmp" "$DIR/tmp/$n"
+    install -d -m 1777 "$TMPFS" "$TMPFS/$n"
     # shellcheck disable=SC2016
     start "slurmd-$n" unshare --mount --uts --propagation private sh -c '
         mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm || exit 1
