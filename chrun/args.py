@@ -15,14 +15,14 @@ checks that both parsers agree.
 from __future__ import annotations
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Dict, Optional, Sequence
 
 from .errors import UsageError
-from .plan import Options, _record, parse_command, parse_id
+from .plan import Options, record, parse_command, parse_id
 
 
-Opt = _record(
+Opt = record(
     "Opt", ("short", "long", "dest", "kind"),
     """One option: ``short`` (e.g. ``-b``, or None), ``long`` (``--bind``), ``dest`` (keyword
     of :func:`make_options`), ``kind`` (``value``, ``multi``, ``flag`` or ``count``).""",

@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Dict
 
 from . import errors, syscalls as sc

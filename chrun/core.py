@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Mapping, Optional
 
 from . import container, errors

@@ -31,7 +31,9 @@ import os
 import select
 import socket
 import time
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
+    from typing import Optional
 
 from . import errors, syscalls as sc
 from .errors import ChError, info

@@ -13,9 +13,12 @@ takes its own entry, picked by ``SLURM_NODEID``.
 
 from __future__ import annotations
 
-from typing import List, Mapping, NamedTuple, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
+    from typing import List, Mapping, Optional
 
 from .errors import UsageError
+from .plan import record
 
 COUNT_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_STEP_TASKS_PER_NODE", "SLURM_CPUS_ON_NODE")
 TAG_VAR = "SLURM_STEP_ID"
@@ -25,13 +28,11 @@ DEFAULT_TIMEOUT = 30.0
 TIMEOUT_VAR = "CH_RUN_JOIN_TIMEOUT"
 
 
-class JoinConfig(NamedTuple):
-    count: int
-    tag: str
-    count_from: str
-    tag_from: str
-    timeout: float
-    key: str  # what makes the group unique on this node: user, job, host, tag
+JoinConfig = record(
+    "JoinConfig", ("count", "tag", "count_from", "tag_from", "timeout", "key"),
+    """A peer group: ``count`` peers (int), ``tag`` (str), where each came from
+    (``count_from``, ``tag_from``), the ``timeout`` in seconds, and the ``key`` that makes
+    the group unique on this node (user, job, host, tag).""")
 
 
 def _check_count(value: int, source: str, text: str) -> int:

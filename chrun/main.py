@@ -13,7 +13,7 @@ from . import args, errors
 from .errors import ChError
 
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Callable, Optional, Sequence
 
     from .plan import Options

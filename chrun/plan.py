@@ -25,7 +25,7 @@ ID_MAX = 2**32 - 2
 CH_RUNNING = "Weird Al Yankovic"
 
 
-def _record(name: str, fields: tuple, doc: str, /, **defaults) -> type:
+def record(name: str, fields: tuple, doc: str, /, **defaults) -> type:
     """An immutable record type (a named tuple): ``fields``, then those with ``defaults``.
 
     Not ``typing.NamedTuple`` or ``dataclasses``: importing either costs more than
@@ -35,7 +35,7 @@ def _record(name: str, fields: tuple, doc: str, /, **defaults) -> type:
     return type(name, (base,), {"__slots__": (), "__doc__": doc})
 
 
-Options = _record(
+Options = record(
     "Options", ("newroot", "command"),
     """ch-run's command line after parsing, before any decision is made.
 
@@ -47,7 +47,7 @@ Options = _record(
     join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
     verbose=0)
 
-Mount = _record(
+Mount = record(
     "Mount", ("kind", "dst"),
     """One step of the mount sequence, inside the new root ``dst``.
 
@@ -79,7 +79,7 @@ class Plan(namedtuple("Plan", ("newroot", "command", "host_uid", "host_gid", "ui
         return f"{self.gid} {self.host_gid} 1\n"
 
 
-User = _record(
+User = record(
     "User", ("uid", "gid", "name", "home"),
     "Facts about the invoking user that the plan needs (``home`` may be None).",
     gecos="", group=None)

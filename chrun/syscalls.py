@@ -19,7 +19,7 @@ import errno
 import os
 import struct
 TYPE_CHECKING = False
-if TYPE_CHECKING:  # annotations only (see chrun.plan._record)
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     import socket
     from typing import Optional
 

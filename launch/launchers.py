@@ -23,7 +23,9 @@ Slurm variables that describe the allocation, not this job.
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Callable, Mapping, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
+    from typing import Callable, Mapping, Optional
 
 from chrun.joinconf import count_from_slurm_tasks, count_from_variable, leading_digits
 

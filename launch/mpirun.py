@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import List, Mapping, Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
+    from typing import List, Mapping, Optional
 
 from chrun import args, errors
 from chrun.errors import ChError, UsageError, info
