@@ -229,47 +229,57 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-# ---- /dev/shm left behind by aborted MPI jobs -----------------------------------------------------
+# ---- files left behind by aborted MPI jobs -------------------------------------------------------
+
+#: (directory, name prefix) of what an aborted MPI job leaves: shared-memory segments, and
+#: the topology file MPICH's hydra writes to /tmp and removes only when it ends normally.
+LEFTOVER_PLACES = (("/dev/shm", ""), ("/tmp", "hydra_hwloc_xmlfile_"))
+
 
 def shm_entries() -> set:
-    """Names in /dev/shm that we own."""
+    """Paths in LEFTOVER_PLACES that we own."""
     uid = os.geteuid()
     found = set()
-    for e in os.scandir("/dev/shm"):
-        try:
-            if e.stat(follow_symlinks=False).st_uid == uid:
-                found.add(e.name)
-        except OSError:
-            pass
+    for d, prefix in LEFTOVER_PLACES:
+        for e in os.scandir(d):
+            try:
+                if e.name.startswith(prefix) and e.stat(follow_symlinks=False).st_uid == uid:
+                    found.add(e.path)
+            except OSError:
+                pass
     return found
 
 
 def _in_use() -> set:
-    """/dev/shm names any process we can see has open or mapped."""
+    """Paths in LEFTOVER_PLACES that any process we can see has open or mapped."""
+    dirs = tuple(d + "/" for d, _ in LEFTOVER_PLACES)
     used = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/maps") as f:
-                used.update(l.split("/dev/shm/", 1)[1].split()[0] for l in f if "/dev/shm/" in l)
+                for line in f:
+                    path = line.split(maxsplit=5)[5].strip() if line.count(" ") >= 5 else ""
+                    if path.startswith(dirs):
+                        used.add(path.split(" (deleted)")[0])
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("/dev/shm/"):
-                    used.add(target[9:].split()[0])
-        except OSError:
+                if target.startswith(dirs):
+                    used.add(target.split(" (deleted)")[0])
+        except (OSError, IndexError):
             continue
     return used
 
 
 def clean_shm(before: set) -> List[str]:
-    """Remove our /dev/shm entries new since BEFORE that no process uses any more (an MPI
-    job that aborted, e.g. MPICH ranks in separate containers, leaves its segments)."""
+    """Remove our leftovers new since BEFORE that no process uses any more (an MPI job that
+    aborted, e.g. MPICH ranks in separate containers, leaves its segments and hydra's file)."""
     new = shm_entries() - before
     if not new:
         return []
     gone = sorted(new - _in_use())
-    for name in gone:
+    for path in gone:
         try:
-            os.unlink(f"/dev/shm/{name}")
+            os.unlink(path)
         except OSError:
             pass
     return gone
