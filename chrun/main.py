@@ -34,6 +34,10 @@ def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
     except ChError as x:
         errors.error(x.message)
         return x.code
+    except OSError as x:  # a call chrun.syscalls does not wrap: still one line, exit 31
+        where = f"{x.filename}: " if x.filename is not None else ""
+        errors.error(f"{where}{x.strerror or x}")
+        return errors.EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 

@@ -5,6 +5,7 @@ the click command; whatever it is unsure of it must hand to click (None).
 """
 
 import random
+import re
 
 import pytest
 
@@ -98,3 +99,15 @@ def test_ch_mpirun_scanner_agrees_with_its_click_command():
         assert fast_out == slow_out, argv
         checked += 1
     assert checked > 300
+
+
+def test_unexpected_oserror_is_one_line_exit_31(capfd):
+    """A failing call that chrun.syscalls does not wrap still ends as one error line."""
+    from chrun.main import run_cli
+
+    def parse():
+        raise FileNotFoundError(2, "No such file or directory", "/x/y")
+
+    assert run_cli(parse) == 31
+    err = capfd.readouterr().err
+    assert re.fullmatch(r"ch-run\[\d+\]: error: /x/y: No such file or directory\n", err), err
