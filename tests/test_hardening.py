@@ -5,7 +5,7 @@ user run ch-run through ``runuser -u chrun-test`` when the tests run as root.
 
 Deliberately NOT tested here:
   * setuid refusal (getuid() != geteuid()): needs a setuid ch-run, impossible
-    for a Python console script.
+    for a Python script; tests/test_plan.py checks the refusal with faked IDs.
   * writes to host sysctls as root: container root run by host root IS host
     root (the UTS namespace is shared), so such a write would change the host.
     Write probes below only open files (``: >> f``) and only assert failure

@@ -380,3 +380,23 @@ def test_cli_main_exit_codes(capfd):
     assert err.count("\n") == 1 and ": error: " in err and "--bogus" in err
     assert cli.main(["--usage"]) == 0
     assert capfd.readouterr().err == ""
+
+
+def test_refuses_setuid_and_setgid(monkeypatch):
+    """Installed setuid or setgid (real and effective IDs differ): refuse before anything.
+
+    A Python script cannot really be setuid, so the IDs are faked here."""
+    from chrun import core
+    from chrun.errors import ChError
+    monkeypatch.setattr(core.os, "getuid", lambda: 1000)
+    monkeypatch.setattr(core.os, "geteuid", lambda: 0)
+    with pytest.raises(ChError) as x:
+        core.refuse_setid()
+    assert x.value.code == 31 and "setuid" in x.value.message
+    monkeypatch.setattr(core.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(core.os, "getgid", lambda: 1000)
+    monkeypatch.setattr(core.os, "getegid", lambda: 0)
+    with pytest.raises(ChError):
+        core.refuse_setid()
+    monkeypatch.setattr(core.os, "getegid", lambda: 1000)
+    core.refuse_setid()  # same IDs: fine
