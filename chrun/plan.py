@@ -10,8 +10,6 @@ creating any namespace.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: importing typing would slow every ch-run down
     from typing import Dict, List, Mapping, Optional, Sequence, Tuple
@@ -26,13 +24,52 @@ CH_RUNNING = "Weird Al Yankovic"
 
 
 def record(name: str, fields: tuple, doc: str, /, **defaults) -> type:
-    """An immutable record type (a named tuple): ``fields``, then those with ``defaults``.
+    """An immutable record class: ``fields``, then those with ``defaults``.
 
-    Not ``typing.NamedTuple`` or ``dataclasses``: importing either costs more than
-    building a container, and ch-run starts once per MPI rank.
+    What :func:`collections.namedtuple` gives (positional or keyword construction,
+    equality, hashing, ``repr``, ``_replace``) without importing collections, let
+    alone ``typing`` or ``dataclasses``: ch-run starts once per MPI rank, and those
+    imports cost more than building the container.
     """
-    base = namedtuple(name, fields + tuple(defaults), defaults=tuple(defaults.values()))
-    return type(name, (base,), {"__slots__": (), "__doc__": doc})
+    names = tuple(fields) + tuple(defaults)
+
+    def __init__(self, *args, **kwargs):
+        if len(args) > len(names):
+            raise TypeError(f"{name}() takes at most {len(names)} arguments")
+        values = dict(defaults)
+        values.update(zip(names, args))
+        for key, value in kwargs.items():
+            if key not in names or names.index(key) < len(args):
+                raise TypeError(f"{name}() got an unexpected or repeated argument {key!r}")
+            values[key] = value
+        missing = [f for f in fields if f not in values]
+        if missing:
+            raise TypeError(f"{name}() missing {', '.join(missing)}")
+        for key in names:
+            object.__setattr__(self, key, values[key])
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"{name} is immutable: use _replace()")
+
+    def values(self) -> tuple:
+        return tuple(getattr(self, key) for key in names)
+
+    def __eq__(self, other):
+        return type(other) is type(self) and values(other) == values(self)
+
+    def __hash__(self):
+        return hash(values(self))
+
+    def __repr__(self):
+        return f"{name}({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"
+
+    def _replace(self, **changes):
+        return type(self)(**{**dict(zip(names, values(self))), **changes})
+
+    return type(name, (), {"__slots__": names, "__doc__": doc, "_fields": names,
+                           "__init__": __init__, "__setattr__": __setattr__,
+                           "__eq__": __eq__, "__hash__": __hash__, "__repr__": __repr__,
+                           "_replace": _replace})
 
 
 Options = record(
@@ -61,9 +98,8 @@ Mount = record(
     src=None, content=None, required=True, why="", user=False)
 
 
-class Plan(namedtuple("Plan", ("newroot", "command", "host_uid", "host_gid", "uid", "gid",
-                               "writable", "mounts", "env", "cwd", "fallback_cwd"),
-                      defaults=("/",))):
+class Plan(record("Plan", ("newroot", "command", "host_uid", "host_gid", "uid", "gid",
+                          "writable", "mounts", "env", "cwd"), "", fallback_cwd="/")):
     """Everything the container needs: ID maps, mounts (tuple of :class:`Mount`),
     the command's environment (dict) and working directory (``cwd``, else
     ``fallback_cwd``)."""

@@ -22,16 +22,16 @@ Slurm variables that describe the allocation, not this job.
 
 from __future__ import annotations
 
-from collections import namedtuple
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Callable, Mapping, Optional
 
 from chrun.joinconf import count_from_slurm_tasks, count_from_variable, leading_digits
+from chrun.plan import record
 
 
-class Launcher(namedtuple("Launcher", ("name", "family", "version", "local_size",
-                                         "size_from", "tag", "tag_from"))):
+class Launcher(record("Launcher", ("name", "family", "version", "local_size",
+                                   "size_from", "tag", "tag_from"), "")):
     """What the environment says about the launcher of this rank.
 
     ``name`` for -v ("Open MPI 5", "MPICH hydra", "Slurm srun", "none"); ``family``
@@ -39,7 +39,7 @@ class Launcher(namedtuple("Launcher", ("name", "family", "version", "local_size"
     environment tells it, else None; ``local_size``: ranks on this node (1 outside
     any launcher) and ``size_from`` where it came from; ``tag`` names this job on
     this node (None outside any launcher) and ``tag_from`` where it came from.
-    (A named tuple, not a dataclass: every rank imports this.)
+    (A :func:`chrun.plan.record`, not a dataclass: every rank imports this.)
     """
 
     __slots__ = ()
