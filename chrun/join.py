@@ -75,6 +75,10 @@ MESSAGE_MAX = 1 << 20
 OWN, OTHER, REFUSED, BUSY, ALIEN = "own", "other", "refused", "busy", "alien"
 
 
+#: claim(): the name was just bound by a peer of ours (or an owner still unknown).
+_WAIT = object()
+
+
 class _Restart(Exception):
     """The candidate we queued at deferred or died before committing: start over."""
 
@@ -417,6 +421,8 @@ class _Search:
                 self.squatted[i] = self.owner(i)
         for i in free:
             peer = self.claim(i)
+            if peer is _WAIT:       # a lower name is ours or undecided: no higher claim yet
+                return None
             if peer is not None:
                 return peer
         return None
@@ -434,9 +440,8 @@ class _Search:
                 return self.join(val)
             if kind == OTHER:
                 self.squatted[i] = val
-            else:
-                self.silent(i)
-            return None
+                return None
+            return _WAIT if self.silent(i) else None
         s.listen(BACKLOG)
         self.squatted.pop(i, None)
         return self.rescan(i, s)
