@@ -383,6 +383,7 @@ class _Search:
         return False
 
     def run(self):
+        pause = 0.001
         while True:
             if time.monotonic() > self.deadline:
                 raise ChError(f"{self.what}: can't reach its creator within "
@@ -396,7 +397,10 @@ class _Search:
             if len(self.squatted) == len(self.names):
                 raise ChError(f"{self.what}: all {len(self.names)} meeting names are held by "
                               f"other users{self.held_by()}")
-            time.sleep(0.002)
+            # Another pass soon, but many peers must not spin while the one that just
+            # bound a name (maybe descheduled) gets to listen on it.
+            time.sleep(min(pause, max(self.deadline - time.monotonic(), 0)))
+            pause = min(pause * 2, 0.032)
 
     def held_by(self) -> str:
         if not self.squatted:
