@@ -22,7 +22,8 @@ USAGE = "Usage: ch-run [OPTION...] NEWROOT CMD [ARG...]"
 HELP = f"""{USAGE}
 
 Run a command in a container made from the unpacked image directory NEWROOT,
-or from the image named NEWROOT in ch-image storage. Also NEWROOT -- CMD [ARG...].
+or from the image named NEWROOT in ch-image storage.
+Also NEWROOT -- CMD [ARG...].
 
 \b
   -b, --bind=SRC[:DST]   mount SRC at guest DST (default /mnt/0, /mnt/1, etc.)
@@ -56,7 +57,8 @@ or from the image named NEWROOT in ch-image storage. Also NEWROOT -- CMD [ARG...
   -t, --private-tmp      use container-private /tmp (by default, /tmp is
                          shared with the host)
   -u, --uid=UID          run as user UID within container
-      --unset-env=GLOB   unset the variables whose names match GLOB
+      --unset-env=GLOB   unset the variables whose names match GLOB (with
+                         extended globs such as '!(A*|B*)')
   -v, --verbose          be more verbose (debug if repeated)
   -w, --write            mount image read-write (by default, the image is
                          mounted read-only)
