@@ -156,10 +156,6 @@ def prepare(ops: Sequence[Tuple[str, Optional[str]]],
     return tuple(steps)
 
 
-def needs_image(steps: Sequence[tuple]) -> bool:
-    return any(s[0] == "image" for s in steps)
-
-
 def expand(value: str, env: Mapping[str, str]) -> str:
     """Expand ``$NAME`` / ``${NAME}`` items of the colon-separated ``value``."""
     items: List[str] = []

@@ -14,6 +14,12 @@ or ``../`` (or ``.``, ``..``) is always a path and costs no look-up in storage;
 a reference that is neither an existing path nor a name in storage gets one
 error naming both places; ``-w`` on a path inside the storage directory is
 refused too (read-only runs of such paths are allowed).
+
+Threat model: ``/var/tmp/$USER.ch`` is a predictable name in a world-writable
+directory, so another user can create it first and fill it with images named
+like the directories you run by relative path.  A storage directory (and its
+``img``) is therefore used for names only if it is owned by you or root and
+not writable by others; else ch-run warns and takes IMAGE as a path.
 """
 
 from __future__ import annotations
@@ -48,6 +54,28 @@ def name_path(ref: str, storage: str) -> str:
     return f"{storage}/img/{mangle(ref)}"
 
 
+def _untrusted_why(path: str) -> Optional[str]:
+    try:
+        st = os.stat(path)
+    except OSError as x:
+        return os.strerror(x.errno)
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"owned by UID {st.st_uid}, not by you or root"
+    if st.st_mode & 0o002:
+        return "writable by every user"
+    return None
+
+
+def trusted(storage: str) -> bool:
+    """True if names may be looked up in ``storage`` (see the threat model above)."""
+    for path in (storage, f"{storage}/img"):
+        why = _untrusted_why(path)
+        if why is not None:
+            warning(f"not using storage {storage} for image names: {path}: {why}")
+            return False
+    return True
+
+
 def resolve(ref: str, option: Optional[str], env: Mapping[str, str], user_name: str,
             write: bool) -> str:
     """The image directory for IMAGE ``ref``: itself, or its entry in storage.
@@ -59,7 +87,7 @@ def resolve(ref: str, option: Optional[str], env: Mapping[str, str], user_name: 
         warning(f"storage directory not found: {storage}")
     if not is_path_only(ref):
         candidate = name_path(ref, storage)
-        if os.path.lexists(candidate):
+        if os.path.lexists(candidate) and trusted(storage):
             if write:
                 raise ChError(f"--write: refusing to write image {ref!r} in storage "
                               f"{storage}: images run by name are read-only")

@@ -222,6 +222,25 @@ def test_random_command_lines_agree():
     assert checked > 500
 
 
+def test_ch_mpirun_parsers_agree_too():
+    """ch-mpirun passes these options through; its scanner and click command agree."""
+    from launch import mpirun
+    command = mpirun.click_command()
+    rng = random.Random(1415)
+    checked = 0
+    for _ in range(1500):
+        argv = [rng.choice(TOKENS + ["--mode", "env"]) for _ in range(rng.randint(0, 9))]
+        values = args.scan(argv, args.RUN_OPTIONS + (mpirun.MODE_OPTION,))
+        if values is None:
+            continue
+        assert outcome(lambda a: mpirun._make(**values), argv) \
+            == outcome(lambda a: cli.parse(a, "ch-mpirun", command), argv), argv
+        checked += 1
+    assert checked > 300
+    _, o = mpirun.parse(["--mode=env", "--set-env", "--unset-env=X", "/img", "--", "true"])
+    assert o.env_ops == (("set", None), ("unset", "X"))
+
+
 def test_help_lists_the_options():
     text = cli.HELP
     for o in ("--set-env", "--set-env=FILE", "--set-env=NAME=VALUE", "--unset-env=GLOB",

@@ -158,3 +158,29 @@ def test_absolute_paths_skip_storage(ch_run, tiny_image, tmp_path):
     (fake / "img").mkdir(parents=True)
     r = run([ch_run, tiny_image, "--", "true"], env=clean_env(CH_IMAGE_STORAGE=str(fake)))
     assert (r.returncode, r.stderr) == (0, "")
+
+
+@pytest.mark.container
+def test_squatted_storage_is_not_trusted(ch_run, store, tmp_path, tiny_image):
+    """Storage writable by others (or, as root, owned by another user) is not used for names."""
+    local = tmp_path / "foo"
+    subprocess.run(["cp", "-a", tiny_image, local], check=True)
+    (local / "ch").mkdir(exist_ok=True)
+    (local / "ch" / "environment").write_text("WHICH=local\n")
+    cmd = ["--set-env", "-s", store, "foo", "--", "sh", "-c", 'echo "$WHICH"']
+    store.chmod(0o777)
+    r = run([ch_run, *cmd], env=clean_env(), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "local\n"), r.stderr
+    assert re.fullmatch(r"ch-run\[\d+\]: warning: not using storage .*: "
+                        r"writable by every user\n", r.stderr), r.stderr
+    store.chmod(0o755)
+    (store / "img").chmod(0o777)
+    r = run([ch_run, *cmd], env=clean_env(), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "local\n") and "img: writable" in r.stderr
+    (store / "img").chmod(0o755)
+    r = run([ch_run, *cmd], env=clean_env(), cwd=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "foo\n", "")
+    if os.geteuid() == 0:
+        os.chown(store, 65534, 65534)
+        r = run([ch_run, *cmd], env=clean_env(), cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (0, "local\n") and "UID 65534" in r.stderr
