@@ -184,3 +184,10 @@ def test_squatted_storage_is_not_trusted(ch_run, store, tmp_path, tiny_image):
         os.chown(store, 65534, 65534)
         r = run([ch_run, *cmd], env=clean_env(), cwd=tmp_path)
         assert (r.returncode, r.stdout) == (0, "local\n") and "UID 65534" in r.stderr
+
+
+def test_empty_storage_option_is_usage_error():
+    from chrun import args
+    from chrun.errors import UsageError
+    with pytest.raises(UsageError, match="--storage: empty"):
+        args.make_options(**args.scan(["-s", "", "foo", "true"]))
