@@ -43,9 +43,18 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
     env = os.environ if env is None else env
     errors.verbosity = opts.verbose
     refuse_setid()
-    plan = make_plan(opts, env, current_user(env), host_cwd())
+    user = current_user(env)
+    plan = make_plan(opts, env, user, host_cwd())
     joining = opts.join or opts.join_ct is not None or opts.join_tag is not None
     cfg = join_config(opts, env) if joining else None  # usage errors before anything else
+    env_steps = None
+    if opts.env_ops:  # host files now, before any namespace (chrun.environ)
+        from . import environ
+        env_steps = environ.prepare(opts.env_ops)
+    if opts.storage is not None or opts.write or not opts.newroot.startswith("/"):
+        from . import storage  # image names (chrun.storage); absolute paths skip this
+        plan = plan._replace(newroot=storage.resolve(
+            opts.newroot, opts.storage, env, env.get("USER") or user.name, opts.write))
     real_image = container.check_image(plan.newroot)
     info(f"image: {real_image}; uid {plan.uid} gid {plan.gid}; "
          f"{'read-write' if plan.writable else 'read-only'}")
@@ -66,4 +75,7 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
         else:
             peer.enter(time.monotonic() + cfg.timeout)
     info(f"this process: PID {os.getpid()} (others can join it with --join-pid={os.getpid()})")
+    if env_steps is not None:  # inside now: the image's /ch/environment is at its place
+        plan = plan._replace(env=environ.apply(plan.env, env_steps, opts.env_expand,
+                                               environ.image_vars))
     container.exec_command(plan, explicit_cd=opts.cd is not None)

@@ -32,7 +32,8 @@ def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
         run(opts)
         raise AssertionError("run() returned")  # pragma: no cover
     except ChError as x:
-        errors.error(x.message)
+        if x.message:  # --feature answers with an exit code only
+            errors.error(x.message)
         return x.code
     except OSError as x:  # a call chrun.syscalls does not wrap: still one line, exit 31
         where = f"{x.filename}: " if x.filename is not None else ""

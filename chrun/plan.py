@@ -79,10 +79,12 @@ Options = record(
     ``newroot`` (str), ``command`` (tuple of str), ``binds`` (tuple of ``SRC[:DST]``),
     ``cd``, ``join_ct``, ``join_tag`` (str or None), ``uid``, ``gid``, ``join_pid`` (int or
     None), ``join_timeout`` (float or None), ``join``, ``no_home``, ``private_tmp``,
-    ``write`` (bool), ``verbose`` (int).""",
+    ``write`` (bool), ``verbose`` (int); ``env_ops`` (``--set-env``/``--unset-env`` in
+    order: tuple of ``("set", ARG or None)`` / ``("unset", GLOB)``, see chrun.environ),
+    ``env_expand`` (bool), ``storage`` (str or None), ``no_passwd`` (bool).""",
     binds=(), cd=None, uid=None, gid=None, join=False, join_ct=None, join_tag=None,
     join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
-    verbose=0)
+    verbose=0, env_ops=(), env_expand=True, storage=None, no_passwd=False)
 
 Mount = record(
     "Mount", ("kind", "dst"),
@@ -218,6 +220,8 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
         Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", required=False,
               why="host /etc/resolv.conf"),
     ]
+    if opts.no_passwd:  # --no-passwd: the image's own /etc/passwd and /etc/group
+        mounts = [m for m in mounts if m.dst not in ("/etc/passwd", "/etc/group")]
     if opts.private_tmp:
         mounts.append(Mount("tmpfs", "/tmp", why="private /tmp"))
     else:
