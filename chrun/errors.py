@@ -47,16 +47,17 @@ def one_line(text: str) -> str:
 
     Characters that are not printable (control characters such as newline, C1
     controls, the Unicode line separators, ...) become escapes (``\\n``,
-    ``\\t``, ``\\r``, else ``\\xNN``, ``\\uNNNN``), so that a newline in a path cannot split a message or forge a
-    second ``ch-run[PID]: error:`` line.  Bytes that were not valid UTF-8 (kept
-    by Python as surrogates, ``\\udcff``) are shown as the byte, ``\\xff``.
+    ``\\t``, ``\\r``, else ``\\xNN``, ``\\uNNNN``), so that a newline in a path
+    cannot split a message or forge a second ``ch-run[PID]: error:`` line.
+    Bytes that were not valid UTF-8 (kept by Python as surrogates, ``\\udcff``)
+    are shown as the byte, ``\\xff``.  Backslashes are left alone.
     """
     if text.isprintable():  # the common case: nothing to escape
         return text
     out = []
     for c in text:
         o = ord(c)
-        if c.isprintable() or c == " ":
+        if c.isprintable():
             out.append(c)
         elif c in _ESCAPES:
             out.append(_ESCAPES[c])
@@ -64,7 +65,7 @@ def one_line(text: str) -> str:
             out.append(f"\\x{o - 0xDC00:02x}")
         elif o < 0x100:
             out.append(f"\\x{o:02x}")
-        elif c.isspace() or o < 0x10000:
+        elif o < 0x10000:
             out.append(f"\\u{o:04x}")
         else:
             out.append(f"\\U{o:08x}")

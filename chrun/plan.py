@@ -96,9 +96,9 @@ Mount = record(
     host's names for its IDs) or ``mkdir`` (make directory ``dst`` on a tmpfs
     made earlier).
     ``required`` says whether a missing ``dst`` is an error or a skip.
-    ``user`` marks a ``--bind``: a ``dst`` whose symlinks lead out of the image
-    is an error; ch-run's own mounts resolve symlinks in ``dst`` the way the
-    container will (absolute ones from the image's root).  ``why`` is for messages.""",
+    Symlinks in ``dst`` resolve the way the container will see them (absolute
+    ones from the image's root); ``user`` marks a ``--bind``, for which a ``..``
+    above the image's root is an error.  ``why`` is for messages.""",
     src=None, content=None, required=True, why="", user=False)
 
 

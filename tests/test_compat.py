@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from chrun import container, errors, idnames, main, plan as planmod, syscalls
-from chrun.errors import ChError, UsageError
-from chrun.plan import IdFile, IdNames, Options, User, id_file_text, login_name, make_plan
+from chrun.errors import UsageError
+from chrun.plan import IdNames, Options, User, id_file_text, login_name, make_plan
 from conftest import run
 
 UID, GID = os.getuid(), os.getgid()
