@@ -279,8 +279,11 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
     """Decide every map, mount, variable and directory of the container."""
     uid = opts.uid if opts.uid is not None else user.uid
     gid = opts.gid if opts.gid is not None else user.gid
-    login = login_name(host_env, user)
-    home = f"/home/{login}"
+    if opts.no_home:  # $USER names no directory: the passwd home is one that exists
+        login, home = host_env.get("USER") or user.name, "/"
+    else:
+        login = login_name(host_env, user)
+        home = f"/home/{login}"
     ids = IdFile("passwd", uid, gid, user.uid, user.gid, login, home)
     mounts: List[Mount] = [
         Mount("bind", "/dev", "/dev", why="host /dev"),

@@ -254,6 +254,19 @@ def test_home_follows_user(ch_run, tiny_image, tmp_path):
 def test_home_bad_user_is_usage_error(ch_run, tiny_image, bad):
     r = ch(ch_run, tiny_image, "--", "true", env=env_with(USER=bad))
     assert_one_error(r, 64, "$USER")
+    # With --no-home $USER names no directory: no error; the passwd home is /.
+    out = assert_ok(ch(ch_run, "--no-home", tiny_image, "--", "sh", "-c",
+                       'grep "^$(id -un):" /etc/passwd | cut -d: -f6', env=env_with(USER=bad)))
+    assert out == "/\n"
+
+
+def test_no_home_passwd_home_is_root_dir():
+    p = make_plan(Options(newroot="/img", command=("true",), no_home=True),
+                  {"USER": "a:b/c", "PATH": "/bin"}, ALICE, "/")
+    spec = next(m.content for m in p.mounts if m.dst == "/etc/passwd")
+    passwd = [r.split(":") for r in id_file_text(spec, IdNames(users={}, groups={})).split("\n")]
+    assert ["a_b/c", "x", "1001", "1002", "", "/", "/bin/sh"] in passwd
+    assert "HOME" not in p.env
 
 
 # --- execvp(3) semantics ---------------------------------------------------------------------
