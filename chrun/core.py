@@ -19,6 +19,7 @@ from .plan import Options, current_user, make_plan
 
 
 def refuse_setid() -> None:
+    """Installed setuid or setgid: refuse everything (run_cli calls this before parsing)."""
     if os.getuid() != os.geteuid() or os.getgid() != os.getegid():
         raise ChError("refusing to run setuid or setgid: run ch-run as yourself")
 
@@ -70,8 +71,7 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
         peer = join.rendezvous(cfg, os.geteuid())
         if isinstance(peer, join.Creator):
             peer.start_holder()
-            container.create(plan, real_image, sources)
-            peer.hand_over()
+            peer.hand_over(container.create(plan, real_image, sources, keep_ns=True))
         else:
             peer.enter(time.monotonic() + cfg.timeout)
     info(f"this process: PID {os.getpid()} (others can join it with --join-pid={os.getpid()})")

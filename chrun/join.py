@@ -73,11 +73,12 @@ class Creator:
         hello = _recv_line(ours, time.monotonic() + 10)
         self.holder_pid = int(hello) if hello.isdigit() else 0
 
-    def hand_over(self) -> None:
-        """Give the holder our namespaces (we are inside the container now)."""
+    def hand_over(self, fds: list) -> None:
+        """Give the holder our namespaces (we are inside the container now): ``fds``,
+        the user and mount namespaces opened while /proc was the host's (a --bind
+        may cover /proc in the container); they are closed here."""
         assert self.channel is not None
-        fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-               for ns in ("user", "mnt")]
+        fds_ino = [sc.ns_inode_fd(fd) for fd in fds]
         try:
             # No tag here: joiners know it, and a long one (up to 4096 bytes) would
             # not fit the joiner's receive buffer.
@@ -95,8 +96,7 @@ class Creator:
             self.channel.close()
         info(f"join: created container for group {self.cfg.tag!r} ({self.cfg.count} peers, "
              f"count from {self.cfg.count_from}, tag from {self.cfg.tag_from}); "
-             f"user ns {sc.ns_inode('/proc/self/ns/user')}, mnt ns {sc.ns_inode('/proc/self/ns/mnt')}; "
-             f"holder PID {self.holder_pid}")
+             f"user ns {fds_ino[0]}, mnt ns {fds_ino[1]}; holder PID {self.holder_pid}")
 
 
 class Joiner:
@@ -135,12 +135,12 @@ class Joiner:
             sc.assert_single_threaded("can't join namespaces")
             sc.setns(fds[0], sc.CLONE_NEWUSER, f"user namespace of group {self.cfg.tag!r}")
             sc.setns(fds[1], sc.CLONE_NEWNS, f"mount namespace of group {self.cfg.tag!r}")
+            fds_ino = [sc.ns_inode_fd(fd) for fd in fds]  # /proc may be covered inside
         finally:
             for fd in fds:
                 os.close(fd)
         info(f"join: joined group {self.cfg.tag!r} created by PID {meta.get('creator')} "
-             f"(holder PID {meta.get('holder')}); user ns {sc.ns_inode('/proc/self/ns/user')}, "
-             f"mnt ns {sc.ns_inode('/proc/self/ns/mnt')}")
+             f"(holder PID {meta.get('holder')}); user ns {fds_ino[0]}, mnt ns {fds_ino[1]}")
 
 
 def rendezvous(cfg: JoinConfig, uid: int):

@@ -25,6 +25,8 @@ def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
     Every :class:`ChError` becomes its one line on stderr and its exit code here.
     """
     try:
+        from .core import refuse_setid
+        refuse_setid()  # before parsing: --help and --version too
         opts = parse()
         if opts is None:  # --help, --usage, --version
             return 0
