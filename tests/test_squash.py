@@ -288,6 +288,23 @@ def test_no_squashfuse(ch_run, sqfs, tmp_path):
     assert_nothing_left(sqfs, wait=0)
 
 
+def test_fuse_device_not_usable(ch_run, sqfs):
+    """/dev/fuse we may not open (as on VMs without udev, mode 0600): one line saying so.
+
+    Shown in a mount namespace of the test's own where a root-only file covers /dev/fuse
+    (the machine's /dev/fuse stays as it is).
+    """
+    if os.geteuid() == 0:
+        pytest.skip("root may open /dev/fuse whatever its mode")
+    if not os.path.exists("/etc/shadow") or os.access("/etc/shadow", os.R_OK):
+        pytest.skip("needs a file this user may not read (/etc/shadow)")
+    r = run(["unshare", "-rm", "sh", "-c",
+             'mount --bind /etc/shadow /dev/fuse && exec "$@"', "sh",
+             ch_run, sqfs, "--", "true"])
+    one_error(r, "FUSE not usable: /dev/fuse: Permission denied", "chmod 0666 /dev/fuse")
+    assert_nothing_left(sqfs, wait=0)
+
+
 def test_squashfuse_that_fails_to_start(ch_run, sqfs, tmp_path):
     """A squashfuse that dies at once: its message, exit 31, nothing left."""
     fake = tmp_path / "squashfuse"
