@@ -28,9 +28,14 @@ fi
 
 # SquashFS images need FUSE: distributions ship /dev/fuse mode 0666, but where nothing runs
 # udev (minimal VMs, containers) it can be 0600 or missing, and then no plain user can mount.
-[[ -e /dev/fuse ]] || modprobe fuse 2>/dev/null || true
-[[ -e /dev/fuse ]] || mknod -m 0666 /dev/fuse c 10 229
-chmod 0666 /dev/fuse
+if [[ ! -e /dev/fuse ]]; then
+    modprobe fuse 2>/dev/null || true
+    [[ -e /dev/fuse ]] || mknod -m 0666 /dev/fuse c 10 229 \
+        || echo "install-deps.sh: warning: no /dev/fuse: SquashFS images will not work" >&2
+fi
+if [[ -c /dev/fuse ]]; then
+    chmod 0666 /dev/fuse
+fi
 
 [[ ${CHRUN_SRC_SYNCED:-} == 1 ]] || bash ci/sync-src.sh
 
