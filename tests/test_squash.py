@@ -449,3 +449,33 @@ def test_mpirun_sqfs_sigkilled(ch_run, mpi_sqfs):
             p.kill()
         p.communicate()
     assert_nothing_left(mpi_sqfs)
+
+
+# --- Slurm: one mount per node -------------------------------------------------------------------
+
+@pytest.mark.slurm
+@pytest.mark.skipif(os.environ.get("CHRUN_SLURM") != "1", reason="needs CHRUN_SLURM=1 (ci/slurm-up.sh)")
+def test_srun_join_one_mount_per_node(ch_run, sqfs):
+    """``srun -N 2 -n 5 ch-run --join IMG.sqfs``: per node one container and one squashfuse."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_", "OMPI_", "PMI", "PMIX_")) or k == "SLURM_CONF"}
+    script = ("echo task $(hostname) $(readlink /proc/self/ns/mnt) "
+              "$(grep -c fuse.squashfuse /proc/self/mountinfo); sleep 3")
+    p = subprocess.Popen(["srun", "-t", "2", "-N", "2", "-n", "5", ch_run, "--join", sqfs, "--",
+                          "sh", "-c", script], env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        tasks = [p.stdout.readline().split() for _ in range(5)]  # all 5 tasks are inside now
+        assert len(servers(sqfs)) == 2, servers(sqfs)
+        out, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    assert all(t[0] == "task" and t[3] == "1" for t in tasks), tasks
+    by_host = {}
+    for _, host, mnt, _ in tasks:
+        by_host.setdefault(host, set()).add(mnt)
+    assert len(by_host) == 2 and all(len(m) == 1 for m in by_host.values()), tasks
+    assert_nothing_left(sqfs)
