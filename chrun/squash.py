@@ -133,7 +133,7 @@ class Server:
     def __init__(self, archive: Archive):
         self.archive = archive
         self.channel = None      # socket to the waiting server, until it has the fd
-        self.err_pipe = -1         # read end of the server's stderr
+        self.err_pipe = -1       # read end of the server's stderr
         self.pid = 0
         self.mounted: list = []  # where we mounted (for abort)
 
@@ -198,8 +198,7 @@ class Server:
         try:
             os.stat(where)  # waits for squashfuse's FUSE INIT reply
         except OSError as x:
-            said = _last_line(_drain(self.err_pipe, time.monotonic() + WAIT))
-            self.abort()
+            said = _last_line(self.abort())
             raise self._fail(f"{SQUASHFUSE}: {said}" if said else
                              f"{SQUASHFUSE} exited: {os.strerror(x.errno)}")
         if where != target:
@@ -215,8 +214,12 @@ class Server:
             os.close(self.err_pipe)
             self.err_pipe = -1
 
-    def abort(self) -> None:
-        """ch-run failed before its exec: make the server go, and wait until it has gone."""
+    def abort(self) -> bytes:
+        """ch-run failed before its exec: make the server go, wait until it has gone.
+
+        Returns what the server wrote on its stderr.
+        """
+        said = b""
         if self.channel is not None:  # a server still waiting exits on EOF
             self.channel.close()
             self.channel = None
@@ -227,8 +230,9 @@ class Server:
                 pass
         self.mounted = []
         if self.err_pipe >= 0:
-            _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
+            said = _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
             self.done()
+        return said
 
 
 def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
