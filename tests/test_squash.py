@@ -232,6 +232,21 @@ def test_exec_and_server_outside_the_tree_and_sigkill(ch_run, sqfs):
     assert_nothing_left(sqfs)
 
 
+def test_join_pid_sees_the_mount(ch_run, sqfs):
+    p = subprocess.Popen([ch_run, sqfs, "--", "sh", "-c", "echo in; exec sleep 300"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "in\n"
+        r = run([ch_run, f"--join-pid={p.pid}", sqfs, "--", "sh", "-c",
+                 "ls /bin/busybox; grep -c fuse.squashfuse /proc/self/mountinfo"])
+        assert r.returncode == 0 and r.stdout == "/bin/busybox\n1\n", r.stderr
+        assert len(servers(sqfs)) == 1
+    finally:
+        p.kill()
+        p.communicate()
+    assert_nothing_left(sqfs)
+
+
 def test_command_not_found_leaves_nothing(ch_run, sqfs):
     r = run([ch_run, sqfs, "--", "no-such-command"])
     assert r.returncode == 49 and len(r.stderr.splitlines()) == 1, r.stderr
