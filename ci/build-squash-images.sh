@@ -19,7 +19,7 @@ squash() {  # NAME DIR-STAMP-FILE
         return 0
     fi
     local hash
-    hash=$(cat "$0" "$dirstamp" 2>/dev/null | sha256sum | cut -d' ' -f1)
+    hash=$( { cat "$0"; cat "$dirstamp" 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)
     if [[ -f $out && $(cat "$stamp" 2>/dev/null) == "$hash" ]]; then
         echo "build-squash-images.sh: $out up to date"
         return 0
