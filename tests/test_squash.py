@@ -67,7 +67,7 @@ def ours(marker):
 
 
 def servers(marker):
-    return [p for p in ours(marker) if p[1] == "squashfuse"]
+    return [p for p in ours(marker) if p[1] in squash.PROGRAMS]
 
 
 def host_mounts(marker):
@@ -136,6 +136,19 @@ def test_check_recognises_archives(tmp_path):
     assert a.path == str(archive("tiny")) and a.mount_dir is None
 
 
+def test_find_program_order(tmp_path):
+    """First PATH directory with either program wins; in one directory squashfuse_ll does."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, names in ((a, ["squashfuse"]), (b, ["squashfuse", "squashfuse_ll"])):
+        d.mkdir()
+        for n in names:
+            (d / n).write_text("#!/bin/sh\n")
+            (d / n).chmod(0o755)
+    assert squash.find_program(path=f"{a}:{b}") == str(a / "squashfuse")
+    assert squash.find_program(path=f"{b}:{a}") == str(b / "squashfuse_ll")
+    assert squash.find_program(path=str(tmp_path)) is None
+
+
 def test_available_needs_squashfuse(monkeypatch):
     assert squash.available(), "squashfuse or a usable /dev/fuse missing: bash ci/install-deps.sh"
     monkeypatch.setenv("PATH", "/nonexistent")
@@ -171,7 +184,7 @@ def test_verbose_names_the_server(ch_run, sqfs):
     r = run([ch_run, "-v", sqfs, "--", "true"])
     assert r.returncode == 0, r.stderr
     assert re.search(rf"SquashFS image {re.escape(str(sqfs))} mounted read-only; "
-                     r"squashfuse PID \d+", r.stderr), r.stderr
+                     r"squashfuse(_ll)? PID \d+", r.stderr), r.stderr
     assert_nothing_left(sqfs)
 
 
@@ -270,8 +283,8 @@ def bad(tmp_path, kind):
 
 
 @pytest.mark.parametrize("kind, words", [
-    ("corrupt", ["can't mount SquashFS image", "squashfuse: "]),
-    ("truncated", ["can't mount SquashFS image", "squashfuse: "]),
+    ("corrupt", ["can't mount SquashFS image", "squashfuse", "Squashfs version"]),
+    ("truncated", ["can't mount SquashFS image", "squashfuse"]),
     ("not-squashfs", ["neither a directory nor a SquashFS archive"]),
     ("empty", ["neither a directory nor a SquashFS archive"]),
 ])
@@ -421,8 +434,9 @@ def mpi_sqfs(tmp_path):
 
 def count_servers_script(marker):
     """Shell (in the container: /proc is the host's) printing how many squashfuse serve MARKER."""
-    return (f"n=0; for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = squashfuse ] && "
-            f"grep -qF '{marker}' $p/cmdline 2>/dev/null && n=$((n+1)); done; echo servers $n")
+    return (f"n=0; for p in /proc/[0-9]*; do case \"$(cat $p/comm 2>/dev/null)\" in "
+            f"squashfuse|squashfuse_ll) grep -qF '{marker}' $p/cmdline 2>/dev/null && "
+            f"n=$((n+1));; esac; done; echo servers $n")
 
 
 @pytest.mark.parametrize("n", [16])
