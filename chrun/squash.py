@@ -231,12 +231,15 @@ class Server:
         if self.channel is not None:  # a server still waiting exits on EOF
             self.channel.close()
             self.channel = None
+        still_mounted = False
         for where in reversed(self.mounted):  # unmounting aborts the FUSE connection
             try:
                 sc.umount_detach(where, "")
-            except ChError:
-                pass
+            except ChError:  # e.g. gone with the staging root: ends with our namespace
+                still_mounted = True
         self.mounted = []
+        if still_mounted:
+            self.done()  # the server ends when we exit (with our mount namespace)
         if self.err_pipe >= 0:
             said = _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
             self.done()
