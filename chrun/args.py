@@ -46,6 +46,8 @@ RUN_OPTIONS = (
     Opt(None, "--join-tag", "join_tag", "value", "TAG"),
     Opt(None, "--join-timeout", "join_timeout", "value", "SECONDS"),
     Opt(None, "--join-pid", "join_pid", "value", "PID"),
+    Opt("-m", "--mount", "mount", "value", "DIR",
+        "SquashFS image: mount it at DIR (must exist) in the container's own mount namespace"),
     Opt(None, "--no-home", "no_home", "flag"),
     Opt(None, "--no-passwd", "no_passwd", "flag", None,
         "don't generate /etc/passwd and /etc/group (the image's are used)"),
@@ -184,7 +186,8 @@ def env_ops(set_env: Sequence[str], unset_env: Sequence[str]) -> tuple:
 
 def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
                  no_home, private_tmp, verbose, write, set_env=(), unset_env=(),
-                 env_no_expand=False, storage=None, no_passwd=False, feature=None) -> Options:
+                 env_no_expand=False, storage=None, no_passwd=False, feature=None,
+                 mount=None) -> Options:
     """:class:`Options` from the values of :data:`RUN_OPTIONS` (click's or :func:`scan`'s)."""
     if feature is not None:  # answered at once, like --help
         from .features import answer
@@ -206,4 +209,5 @@ def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeou
         join_timeout=None if join_timeout is None else parse_seconds(join_timeout),
         join_pid=None if join_pid is None else parse_pid(join_pid),
         no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose,
-        env_ops=ops, env_expand=not env_no_expand, storage=storage, no_passwd=no_passwd)
+        env_ops=ops, env_expand=not env_no_expand, storage=storage, no_passwd=no_passwd,
+        mount=mount)

@@ -22,7 +22,8 @@ USAGE = "Usage: ch-run [OPTION...] NEWROOT CMD [ARG...]"
 HELP = f"""{USAGE}
 
 Run a command in a container made from the unpacked image directory NEWROOT,
-or from the image named NEWROOT in ch-image storage.
+the SquashFS archive NEWROOT (mounted with squashfuse), or the image named
+NEWROOT in ch-image storage.
 Also NEWROOT -- CMD [ARG...].
 
 \b
@@ -43,6 +44,9 @@ Also NEWROOT -- CMD [ARG...].
                          or $CH_RUN_JOIN_TIMEOUT)
       --join-pid=PID     run in the container of running process PID (e.g. to
                          attach a debugger to it)
+  -m, --mount=DIR        SquashFS image: mount it at DIR (must exist) in the
+                         container's private mount namespace (default: on a
+                         private tmpfs; nothing appears on the host either way)
       --no-home          do not bind-mount your home directory (by default,
                          your home directory is mounted at /home/$USER)
       --no-passwd        don't bind-mount generated /etc/passwd and /etc/group

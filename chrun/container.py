@@ -2,11 +2,14 @@
 
 The set-up is a straight sequence of named steps, each a function below:
 
-1. :func:`check_image`      — NEWROOT is a directory with the mount points we need
+1. :func:`check_image`      — NEWROOT is a directory with the mount points we need,
+                               or a SquashFS archive (:func:`chrun.squash.check`)
    :func:`generated_files`  — text of /etc/passwd and /etc/group (host names: NSS)
 2. :func:`enter_namespaces` — new user + mount namespaces, ID maps, setgroups denied
 3. :func:`stage_root`       — a private tmpfs becomes ``/``, the host moves to ``/oldroot``
-4. :func:`mount_image`      — the image on ``/newroot``, read-only unless ``-w``
+4. :func:`mount_image`      — the image on ``/newroot``, read-only unless ``-w``; a
+                               SquashFS archive is mounted by :class:`chrun.squash.Server`
+                               instead, whose server is forked before step 2
 5. :func:`apply_mounts`     — /dev, /proc, /sys, passwd/group, hosts, /tmp, home, binds
 6. :func:`enter_root`       — drop the host and the staging tmpfs, ``/newroot`` is ``/``
 7. :func:`exec_command`     — no new privileges, cwd, environment, ``execvpe``
@@ -21,7 +24,9 @@ import os
 import stat
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
-    from typing import Dict
+    from typing import Dict, Optional, Union
+
+    from .squash import Archive, Server
 
 from . import errors, syscalls as sc
 from .errors import ChError, EXIT_EXEC, info
@@ -36,14 +41,23 @@ FILES = "/files"        # generated files (passwd, group), inside the staging tm
 REQUIRED_DIRS = ("/dev", "/proc", "/sys")
 
 
-def check_image(newroot: str) -> str:
-    """Resolve NEWROOT on the host and check it is a usable image; return its real path."""
+def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] = None):
+    """Resolve NEWROOT on the host and check it is a usable image.
+
+    Returns a directory image's real path (str), or a :class:`chrun.squash.Archive`
+    for a SquashFS file.  ``mount_dir`` (``-m``) only means something for the latter.
+    """
     try:
         st = os.stat(newroot)
     except OSError as x:
         raise ChError(f"can't find image: {newroot}: {os.strerror(x.errno)}")
+    if stat.S_ISREG(st.st_mode):
+        from . import squash  # only SquashFS users pay for this import
+        return squash.check(newroot, writable, mount_dir)
     if not stat.S_ISDIR(st.st_mode):
-        raise ChError(f"can't use image: {newroot}: not a directory")
+        raise ChError(f"can't use image: {newroot}: neither a directory nor a SquashFS archive")
+    if mount_dir is not None:
+        errors.warning(f"--mount ignored: {newroot} is a directory image, not SquashFS")
     real = os.path.realpath(newroot)
     if not os.access(real, os.R_OK | os.X_OK):
         raise ChError(f"can't use image: {newroot}: {os.strerror(errno.EACCES)}")
@@ -91,6 +105,7 @@ def stage_root() -> None:
 
 
 def mount_image(real_image: str, writable: bool) -> None:
+    """Step 4 for a directory image (see :meth:`chrun.squash.Server.mount` for SquashFS)."""
     sc.bind(OLDROOT + real_image, NEWROOT, f"can't bind image {real_image}")
     if not writable:
         sc.remount_readonly(NEWROOT, f"can't make image read-only: {real_image}")
@@ -227,29 +242,45 @@ def enter_root() -> None:
     os.chdir("/")
 
 
-def create(plan: Plan, real_image: str, sources: Dict[str, str], keep_ns: bool = False):
+def create(plan: Plan, image: Union[str, Archive], sources: Dict[str, str],
+           keep_ns: bool = False):
     """Steps 2–6: after this, the process is inside a new container.
 
+    ``image`` is what :func:`check_image` returned: a directory's real path, or
+    a SquashFS archive, whose FUSE server is started before the namespaces.
     With ``keep_ns``, returns file descriptors of the new user and mount
     namespaces (for a --join group's holder), opened before any mount: a
     --bind on /proc hides /proc/self in the container.
     """
     files = generated_files(plan)
-    enter_namespaces(plan)
-    fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-           for ns in ("user", "mnt")] if keep_ns else None
+    server: Optional[Server] = None
+    if not isinstance(image, str):
+        from . import squash
+        server = squash.Server(image)
+        server.start()
+    fds = None
     try:
+        enter_namespaces(plan)
+        fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+               for ns in ("user", "mnt")] if keep_ns else None
         # Facts for -v only, and now, for the same reason.
         ns = (f"user ns {sc.ns_inode('/proc/self/ns/user')}, "
               f"mnt ns {sc.ns_inode('/proc/self/ns/mnt')}") if errors.verbosity else ""
         stage_root()
-        mount_image(real_image, plan.writable)
+        if server is None:
+            mount_image(image, plan.writable)
+        else:
+            server.mount(NEWROOT, plan.uid, plan.gid, OLDROOT)
         apply_mounts(plan, sources, files)
         enter_root()
     except BaseException:
         for fd in fds or ():
             os.close(fd)
+        if server is not None:
+            server.abort()  # no server and no mount outlive a failed ch-run
         raise
+    if server is not None:
+        server.done()
     info(f"container ready: {ns}")
     return fds
 

@@ -56,7 +56,7 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
         from . import storage  # image names (chrun.storage); absolute paths skip this
         plan = plan._replace(newroot=storage.resolve(
             opts.newroot, opts.storage, env, env.get("USER") or user.name, opts.write))
-    real_image = container.check_image(plan.newroot)
+    real_image = container.check_image(plan.newroot, plan.writable, opts.mount)
     info(f"image: {real_image}; uid {plan.uid} gid {plan.gid}; "
          f"{'read-write' if plan.writable else 'read-only'}")
 

@@ -23,13 +23,8 @@ def _extglob() -> bool:
 
 
 def _squash() -> bool:
-    # SquashFS images are chrun.squash's business (one hook: its available()).
-    try:
-        from . import squash  # type: ignore[attr-defined]
-    except ImportError:
-        return False
-    available = getattr(squash, "available", None)
-    return bool(available()) if available is not None else False
+    from . import squash  # SquashFS images: squashfuse in PATH and a usable /dev/fuse
+    return squash.available()
 
 
 #: Feature name → check.  seccomp (Charliecloud's --seccomp root emulation) and

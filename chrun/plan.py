@@ -81,10 +81,12 @@ Options = record(
     None), ``join_timeout`` (float or None), ``join``, ``no_home``, ``private_tmp``,
     ``write`` (bool), ``verbose`` (int); ``env_ops`` (``--set-env``/``--unset-env`` in
     order: tuple of ``("set", ARG or None)`` / ``("unset", GLOB)``, see chrun.environ),
-    ``env_expand`` (bool), ``storage`` (str or None), ``no_passwd`` (bool).""",
+    ``env_expand`` (bool), ``storage`` (str or None), ``no_passwd`` (bool), ``mount``
+    (``-m``: SquashFS mount point, or None).""",
     binds=(), cd=None, uid=None, gid=None, join=False, join_ct=None, join_tag=None,
     join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
-    verbose=0, env_ops=(), env_expand=True, storage=None, no_passwd=False)
+    verbose=0, env_ops=(), env_expand=True, storage=None, no_passwd=False,
+    mount=None)
 
 Mount = record(
     "Mount", ("kind", "dst"),

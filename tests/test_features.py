@@ -42,10 +42,10 @@ def test_unknown_feature_is_usage_error(ch_run):
     assert r.returncode == 64 and re.fullmatch(ONE_ERROR, r.stderr), r.stderr
 
 
-def test_squash_hook_without_module(monkeypatch):
-    """Until chrun.squash exists (or if it has no available()), squash is not available."""
-    import sys
-    monkeypatch.setitem(sys.modules, "chrun.squash", None)  # import fails
+def test_squash_is_chrun_squash_available(monkeypatch):
+    from chrun import squash
+    assert features.FEATURES["squash"]() is squash.available()
+    monkeypatch.setenv("PATH", "/nonexistent")  # no squashfuse: not available
     assert features.FEATURES["squash"]() is False
 
 
