@@ -16,7 +16,7 @@ from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
-    from typing import Dict, Optional, Sequence
+    from typing import Dict, Optional, Sequence, Tuple
 
 from .errors import UsageError
 from .plan import Options, record, parse_command, parse_id
@@ -25,13 +25,20 @@ from .plan import Options, record, parse_command, parse_id
 Opt = record(
     "Opt", ("short", "long", "dest", "kind"),
     """One option: ``short`` (e.g. ``-b``, or None), ``long`` (``--bind``), ``dest`` (keyword
-    of :func:`make_options`), ``kind`` (``value``, ``multi``, ``flag`` or ``count``).""",
-    metavar=None)
+    of :func:`make_options`), ``kind``: ``value``, ``multi`` (repeatable), ``flag``,
+    ``count``, ``ordered`` (repeatable, order kept across all ``ordered``/``optional``
+    options) or ``optional`` (long only, like ``ordered``; a value only as ``--opt=VALUE``:
+    ``--opt`` alone takes none, whatever follows).  ``help`` is its one-line description.""",
+    metavar=None, help=None)
 
 
 RUN_OPTIONS = (
     Opt("-b", "--bind", "binds", "multi", "SRC[:DST]"),
     Opt("-c", "--cd", "cd", "value", "DIR"),
+    Opt(None, "--env-no-expand", "env_no_expand", "flag", None,
+        "don't expand $VAR in --set-env values"),
+    Opt(None, "--feature", "feature", "value", "FEAT",
+        "exit 0 if feature FEAT is available, 1 if not"),
     Opt("-g", "--gid", "gid", "value", "GID"),
     Opt("-u", "--uid", "uid", "value", "UID"),
     Opt("-j", "--join", "join", "flag"),
@@ -39,21 +46,55 @@ RUN_OPTIONS = (
     Opt(None, "--join-tag", "join_tag", "value", "TAG"),
     Opt(None, "--join-timeout", "join_timeout", "value", "SECONDS"),
     Opt(None, "--join-pid", "join_pid", "value", "PID"),
+    Opt("-m", "--mount", "mount", "value", "DIR",
+        "SquashFS image: mount it at DIR (must exist) in the container's own mount namespace"),
     Opt(None, "--no-home", "no_home", "flag"),
+    Opt(None, "--no-passwd", "no_passwd", "flag", None,
+        "don't generate /etc/passwd and /etc/group (the image's are used)"),
+    Opt("-s", "--storage", "storage", "value", "DIR",
+        "ch-image storage directory for images by name (default $CH_IMAGE_STORAGE, "
+        "else /var/tmp/$USER.ch)"),
+    Opt(None, "--set-env", "set_env", "optional", "ARG",
+        "set variables: no ARG: the image's /ch/environment; NAME=VALUE; or host FILE"),
     Opt("-t", "--private-tmp", "private_tmp", "flag"),
+    Opt(None, "--unset-env", "unset_env", "ordered", "GLOB",
+        "unset the variables whose names match GLOB"),
     Opt("-v", "--verbose", "verbose", "count"),
     Opt("-w", "--write", "write", "flag"),
 )
 
+#: Kinds whose values keep their order across options (--set-env, --unset-env).
+ORDERED_KINDS = ("ordered", "optional")
+
+
+def tag(seq: int, value: Optional[str]) -> str:
+    """An ``ordered``/``optional`` value with its position among such values.
+
+    Both parsers store these; NUL cannot occur in a real argument.  None (no
+    value) and "" (empty value) stay different.
+    """
+    return f"{seq}\0" if value is None else f"{seq}\0={value}"
+
+
+def untag(text: str) -> Tuple[int, Optional[str]]:
+    seq, _, rest = text.partition("\0")
+    return int(seq), (rest[1:] if rest else None)
+
+
 def defaults(options: tuple = RUN_OPTIONS) -> Dict[str, object]:
     out: Dict[str, object] = {}
     for o in options:
-        out[o.dest] = {"value": None, "multi": (), "flag": False, "count": 0}[o.kind]
+        out[o.dest] = {"value": None, "multi": (), "flag": False, "count": 0,
+                       "ordered": (), "optional": ()}[o.kind]
     return out
 
 
 def _store(values: Dict[str, object], opt: Opt, value: Optional[str]) -> None:
-    if opt.kind == "multi":
+    if opt.kind in ORDERED_KINDS:
+        seq = values.pop("_seq", 0)
+        values[opt.dest] = values[opt.dest] + (tag(seq, value),)  # type: ignore[operator]
+        values["_seq"] = seq + 1
+    elif opt.kind == "multi":
         values[opt.dest] = values[opt.dest] + (value,)  # type: ignore[operator]
     elif opt.kind == "count":
         values[opt.dest] = values[opt.dest] + 1  # type: ignore[operator]
@@ -83,6 +124,8 @@ def scan(argv: Sequence[str], options: tuple = RUN_OPTIONS) -> Optional[Dict[str
                 if eq:
                     return None
                 _store(values, opt, None)
+            elif opt.kind == "optional":
+                _store(values, opt, attached if eq else None)
             elif eq:
                 _store(values, opt, attached)
             else:
@@ -113,6 +156,7 @@ def scan(argv: Sequence[str], options: tuple = RUN_OPTIONS) -> Optional[Dict[str
             i += 1
             continue
         break
+    values.pop("_seq", None)
     values["args"] = tuple(argv[i:])
     return values
 
@@ -133,12 +177,30 @@ def parse_pid(text: str) -> int:
     return int(text)
 
 
+def env_ops(set_env: Sequence[str], unset_env: Sequence[str]) -> tuple:
+    """The ``--set-env``/``--unset-env`` operations in command-line order."""
+    ops = [(untag(t), "set") for t in set_env] + [(untag(t), "unset") for t in unset_env]
+    ops.sort(key=lambda o: o[0][0])
+    return tuple((kind, value) for (_seq, value), kind in ops)
+
+
 def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeout, join_pid,
-                 no_home, private_tmp, verbose, write) -> Options:
+                 no_home, private_tmp, verbose, write, set_env=(), unset_env=(),
+                 env_no_expand=False, storage=None, no_passwd=False, feature=None,
+                 mount=None) -> Options:
     """:class:`Options` from the values of :data:`RUN_OPTIONS` (click's or :func:`scan`'s)."""
+    if feature is not None:  # answered at once, like --help
+        from .features import answer
+        raise answer(feature)
     newroot, cmd = parse_command(args)
     if cd is not None and not cd.startswith("/"):
         raise UsageError(f"--cd: {cd!r}: must be an absolute path")
+    if storage == "":
+        raise UsageError("--storage: empty directory name")
+    ops = env_ops(set_env, unset_env)
+    if ops:
+        from .environ import check_ops
+        check_ops(ops)
     return Options(
         newroot=newroot, command=cmd, binds=tuple(binds), cd=cd,
         uid=None if uid is None else parse_id(uid, "UID"),
@@ -146,4 +208,6 @@ def make_options(args, binds, cd, gid, uid, join, join_ct, join_tag, join_timeou
         join=join, join_ct=join_ct, join_tag=join_tag,
         join_timeout=None if join_timeout is None else parse_seconds(join_timeout),
         join_pid=None if join_pid is None else parse_pid(join_pid),
-        no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose)
+        no_home=no_home, private_tmp=private_tmp, write=write, verbose=verbose,
+        env_ops=ops, env_expand=not env_no_expand, storage=storage, no_passwd=no_passwd,
+        mount=mount)

@@ -21,12 +21,17 @@ USAGE = "Usage: ch-run [OPTION...] NEWROOT CMD [ARG...]"
 
 HELP = f"""{USAGE}
 
-Run a command in a container made from the unpacked image directory NEWROOT.
+Run a command in a container made from the unpacked image directory NEWROOT,
+the SquashFS archive NEWROOT (mounted with squashfuse), or the image named
+NEWROOT in ch-image storage.
 Also NEWROOT -- CMD [ARG...].
 
 \b
   -b, --bind=SRC[:DST]   mount SRC at guest DST (default /mnt/0, /mnt/1, etc.)
   -c, --cd=DIR           initial working directory in container
+      --env-no-expand    don't expand $VAR in --set-env values
+      --feature=FEAT     exit 0 if FEAT is available, else 1 (extglob, seccomp,
+                         squash, overlayfs, tmpfs-xattrs)
   -g, --gid=GID          run as group GID within container
   -j, --join             use the same container (namespaces) as peer ch-run
                          invocations
@@ -39,11 +44,25 @@ Also NEWROOT -- CMD [ARG...].
                          or $CH_RUN_JOIN_TIMEOUT)
       --join-pid=PID     run in the container of running process PID (e.g. to
                          attach a debugger to it)
+  -m, --mount=DIR        SquashFS image: mount it at DIR (must exist) in the
+                         container's private mount namespace (default: on a
+                         private tmpfs; nothing appears on the host either way)
       --no-home          do not bind-mount your home directory (by default,
                          your home directory is mounted at /home/$USER)
+      --no-passwd        don't bind-mount generated /etc/passwd and /etc/group
+                         (the image's files are used)
+  -s, --storage=DIR      ch-image storage directory, for images given by name
+                         (default $CH_IMAGE_STORAGE, else /var/tmp/$USER.ch)
+      --set-env          set the variables in the image's /ch/environment
+      --set-env=FILE     set the variables in host file FILE (NAME=VALUE lines)
+      --set-env=NAME=VALUE
+                         set variable NAME (repeatable, with --unset-env:
+                         applied in command-line order)
   -t, --private-tmp      use container-private /tmp (by default, /tmp is
                          shared with the host)
   -u, --uid=UID          run as user UID within container
+      --unset-env=GLOB   unset the variables whose names match GLOB (with
+                         extended globs such as '!(A*|B*)')
   -v, --verbose          be more verbose (debug if repeated)
   -w, --write            mount image read-write (by default, the image is
                          mounted read-only)
@@ -78,6 +97,8 @@ def print_version(ctx: click.Context, _param, value: bool) -> None:
 
 def _click_param(o: Opt):
     names = [n for n in (o.short, o.long) if n]
+    if o.kind in args.ORDERED_KINDS:  # values tagged by tag_argv (order, no value)
+        return click.option(*names, o.dest, multiple=True, metavar=o.metavar)
     if o.kind == "multi":
         return click.option(*names, o.dest, multiple=True, metavar=o.metavar)
     if o.kind == "flag":
@@ -116,12 +137,70 @@ def command(**kw) -> Options:
     return make_options(**kw)
 
 
+def tag_argv(argv: Sequence[str], cmd: click.Command) -> list:
+    """``argv`` with every ``ordered``/``optional`` option's value tagged (see args.tag).
+
+    click keeps no order across options and has no option whose value may only
+    follow ``=``, so this walks the options the way click's parser does (a
+    value-taking option takes the next word, whatever it is; options stop at
+    the first operand or ``--``) and rewrites ``--set-env`` to
+    ``--set-env=TAGGED``.  Where the walk meets something it does not know,
+    click reports the usage error, so the rest is left as it is.
+    """
+    takes = {}
+    for p in cmd.params:
+        if isinstance(p, click.Option):
+            for name in p.opts + p.secondary_opts:
+                takes[name] = not (p.is_flag or p.count)
+    special = {o.long: o.kind for o in args.RUN_OPTIONS if o.kind in args.ORDERED_KINDS}
+    out: list = []
+    seq, i, n = 0, 0, len(argv)
+    while i < n:
+        a = argv[i]
+        if a == "--" or not a.startswith("-") or a == "-":
+            break
+        if a.startswith("--"):
+            name, eq, value = a.partition("=")
+            kind = special.get(name)
+            if kind is not None:
+                if kind == "optional" or eq:
+                    out.append(f"{name}={args.tag(seq, value if eq else None)}")
+                elif i + 1 < n:
+                    out.append(f"{name}={args.tag(seq, argv[i + 1])}")
+                    i += 1
+                else:
+                    break
+                seq += 1
+                i += 1
+                continue
+            if name not in takes:
+                break
+            out.append(a)
+            if takes[name] and not eq and i + 1 < n:
+                out.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        out.append(a)  # a cluster of short options
+        for j in range(1, len(a)):
+            t = takes.get("-" + a[j])
+            if t is None:
+                return out + list(argv[i + 1:])
+            if t:
+                if j + 1 == len(a) and i + 1 < n:
+                    out.append(argv[i + 1])
+                    i += 1
+                break
+        i += 1
+    return out + list(argv[i:])
+
+
 def parse(argv: Sequence[str], prog: str = "ch-run", cmd: Optional[click.Command] = None):
     """What ``cmd`` (default: ch-run's) returns for ``argv``: :class:`Options` for ch-run,
     or None if an informational option (--help...) ran."""
     cmd = command if cmd is None else cmd
     try:
-        result = cmd.main(list(argv), prog_name=prog, standalone_mode=False)
+        result = cmd.main(tag_argv(argv, cmd), prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as x:
         if x.exit_code:
             raise ChError("exit", x.exit_code)

@@ -2,10 +2,14 @@
 
 The set-up is a straight sequence of named steps, each a function below:
 
-1. :func:`check_image`      — NEWROOT is a directory with the mount points we need
+1. :func:`check_image`      — NEWROOT is a directory with the mount points we need,
+                               or a SquashFS archive (:func:`chrun.squash.check`)
+   :func:`generated_files`  — text of /etc/passwd and /etc/group (host names: NSS)
 2. :func:`enter_namespaces` — new user + mount namespaces, ID maps, setgroups denied
 3. :func:`stage_root`       — a private tmpfs becomes ``/``, the host moves to ``/oldroot``
-4. :func:`mount_image`      — the image on ``/newroot``, read-only unless ``-w``
+4. :func:`mount_image`      — the image on ``/newroot``, read-only unless ``-w``; a
+                               SquashFS archive is mounted by :class:`chrun.squash.Server`
+                               instead, whose server is forked before step 2
 5. :func:`apply_mounts`     — /dev, /proc, /sys, passwd/group, hosts, /tmp, home, binds
 6. :func:`enter_root`       — drop the host and the staging tmpfs, ``/newroot`` is ``/``
 7. :func:`exec_command`     — no new privileges, cwd, environment, ``execvpe``
@@ -20,11 +24,13 @@ import os
 import stat
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
-    from typing import Dict
+    from typing import Dict, Optional, Union
+
+    from .squash import Archive, Server
 
 from . import errors, syscalls as sc
 from .errors import ChError, EXIT_EXEC, info
-from .plan import Mount, Plan
+from .plan import IdFile, Mount, Plan, id_file_ids, id_file_text
 
 STAGE = "/tmp"          # where the staging tmpfs is mounted (in our namespace only)
 NEWROOT = "/newroot"    # the image, inside the staging tmpfs
@@ -35,14 +41,23 @@ FILES = "/files"        # generated files (passwd, group), inside the staging tm
 REQUIRED_DIRS = ("/dev", "/proc", "/sys")
 
 
-def check_image(newroot: str) -> str:
-    """Resolve NEWROOT on the host and check it is a usable image; return its real path."""
+def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] = None):
+    """Resolve NEWROOT on the host and check it is a usable image.
+
+    Returns a directory image's real path (str), or a :class:`chrun.squash.Archive`
+    for a SquashFS file.  ``mount_dir`` (``-m``) only means something for the latter.
+    """
     try:
         st = os.stat(newroot)
     except OSError as x:
         raise ChError(f"can't find image: {newroot}: {os.strerror(x.errno)}")
+    if stat.S_ISREG(st.st_mode):
+        from . import squash  # only SquashFS users pay for this import
+        return squash.check(newroot, writable, mount_dir)
     if not stat.S_ISDIR(st.st_mode):
-        raise ChError(f"can't use image: {newroot}: not a directory")
+        raise ChError(f"can't use image: {newroot}: neither a directory nor a SquashFS archive")
+    if mount_dir is not None:
+        errors.warning(f"--mount ignored: {newroot} is a directory image, not SquashFS")
     real = os.path.realpath(newroot)
     if not os.access(real, os.R_OK | os.X_OK):
         raise ChError(f"can't use image: {newroot}: {os.strerror(errno.EACCES)}")
@@ -90,26 +105,24 @@ def stage_root() -> None:
 
 
 def mount_image(real_image: str, writable: bool) -> None:
+    """Step 4 for a directory image (see :meth:`chrun.squash.Server.mount` for SquashFS)."""
     sc.bind(OLDROOT + real_image, NEWROOT, f"can't bind image {real_image}")
     if not writable:
         sc.remount_readonly(NEWROOT, f"can't make image read-only: {real_image}")
     info(f"image {real_image} mounted {'read-write' if writable else 'read-only'}", 2)
 
 
-def inside(dst: str) -> str:
-    """Where container path ``dst`` is now, refusing one that leaves the image."""
-    path = os.path.realpath(NEWROOT + dst)
-    if path != NEWROOT and not path.startswith(NEWROOT + "/"):
-        raise ChError(f"can't mount on {dst}: resolves outside the image")
-    return path
-
-
-def in_image(dst: str) -> str:
+def in_image(dst: str, strict: bool = False) -> str:
     """Where container path ``dst`` is now, following symlinks as the container will.
 
-    Absolute links start again at the image's root and ``..`` stops there (as
-    in a chroot), so the result is always inside the image.  Images link e.g.
-    /etc/resolv.conf to /run/systemd/resolve/stub-resolv.conf.
+    Absolute links start again at the image's root, never at the staging
+    root: a link to ``/newroot/etc``, ``/oldroot/...`` or ``/files`` means
+    those paths *in the image* (which has none of them), not ch-run's staging
+    directories.  Images link e.g. /etc/resolv.conf to
+    /run/systemd/resolve/stub-resolv.conf.  ``..`` at the root stays there (as
+    in a chroot), except with ``strict`` (a ``--bind`` destination): then a
+    ``..`` above the root, written or through a link, means ``dst`` resolves
+    outside the image, an error.  The result is always inside the image.
     """
     todo = [p for p in dst.split("/") if p not in ("", ".")]
     done: list = []
@@ -119,6 +132,9 @@ def in_image(dst: str) -> str:
         if part == "..":
             if done:
                 done.pop()
+            elif strict:
+                raise ChError(f"can't mount on {dst}: resolves outside the image "
+                              "('..' above its root)")
             continue
         try:
             target = os.readlink("/".join([NEWROOT, *done, part]))
@@ -138,8 +154,35 @@ def _kind_matches(src: str, dst: str) -> bool:
     return os.path.isdir(src) == os.path.isdir(dst)
 
 
-def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
-    dst = inside(m.dst) if m.user else in_image(m.dst)
+def generated_files(plan: Plan) -> Dict[str, str]:
+    """Text of every generated file (``file`` mounts), by destination.
+
+    The host's names for the IDs of /etc/passwd and /etc/group are looked up
+    here (:mod:`chrun.idnames`), once, by the process that builds the
+    container, while it still sees the host's root (NSS configuration, files).
+    """
+    files, names = {}, None
+    for m in plan.mounts:
+        if m.kind != "file":
+            continue
+        if isinstance(m.content, IdFile):
+            if names is None:
+                from . import idnames
+                uids, gids = set(), set()
+                for f in plan.mounts:
+                    if f.kind == "file" and isinstance(f.content, IdFile):
+                        u, g = id_file_ids(f.content)
+                        uids.update(u)
+                        gids.update(g)
+                names = idnames.lookup(sorted(uids), sorted(gids))
+            files[m.dst] = id_file_text(m.content, names)
+        else:
+            files[m.dst] = m.content or ""
+    return files
+
+
+def apply_mount(m: Mount, sources: Dict[str, str], files: Dict[str, str]) -> None:
+    dst = in_image(m.dst, strict=m.user)
     if m.kind == "mkdir":
         os.makedirs(dst, 0o755, exist_ok=True)
         return
@@ -153,7 +196,9 @@ def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
                 errors.warning(f"image has no {m.dst}: host names resolve without the host's "
                                "/etc/resolv.conf (DNS lookups may fail)")
             return
-        raise ChError(f"can't mount {m.why}: {m.dst} not found in image")
+        shown = dst[len(NEWROOT):] or "/"
+        where = m.dst if shown == m.dst else f"{m.dst} (links to {shown})"
+        raise ChError(f"can't mount {m.why}: {where} not found in image")
     if m.kind == "tmpfs":
         mode = "1777" if m.dst == "/tmp" else "0755"
         sc.mount("tmpfs", dst, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}",
@@ -161,7 +206,7 @@ def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
     elif m.kind == "file":
         src = FILES + "/" + m.dst.strip("/").replace("/", "-")
         with open(src, "w") as f:
-            f.write(m.content or "")
+            f.write(files[m.dst])
         os.chmod(src, 0o644)
         sc.bind(src, dst, f"can't bind {m.why} on {m.dst}", recursive=False)
     elif m.kind == "bind":
@@ -178,9 +223,9 @@ def apply_mount(m: Mount, sources: Dict[str, str]) -> None:
     info(f"mounted {m.why} on {m.dst}", 2)
 
 
-def apply_mounts(plan: Plan, sources: Dict[str, str]) -> None:
+def apply_mounts(plan: Plan, sources: Dict[str, str], files: Dict[str, str]) -> None:
     for m in plan.mounts:
-        apply_mount(m, sources)
+        apply_mount(m, sources, files)
 
 
 def enter_root() -> None:
@@ -197,15 +242,47 @@ def enter_root() -> None:
     os.chdir("/")
 
 
-def create(plan: Plan, real_image: str, sources: Dict[str, str]) -> None:
-    """Steps 2–6: after this, the process is inside a new container."""
-    enter_namespaces(plan)
-    stage_root()
-    mount_image(real_image, plan.writable)
-    apply_mounts(plan, sources)
-    enter_root()
-    info(f"container ready: user ns {sc.ns_inode('/proc/self/ns/user')}, "
-         f"mnt ns {sc.ns_inode('/proc/self/ns/mnt')}")
+def create(plan: Plan, image: Union[str, Archive], sources: Dict[str, str],
+           keep_ns: bool = False):
+    """Steps 2–6: after this, the process is inside a new container.
+
+    ``image`` is what :func:`check_image` returned: a directory's real path, or
+    a SquashFS archive, whose FUSE server is started before the namespaces.
+    With ``keep_ns``, returns file descriptors of the new user and mount
+    namespaces (for a --join group's holder), opened before any mount: a
+    --bind on /proc hides /proc/self in the container.
+    """
+    files = generated_files(plan)
+    server: Optional[Server] = None
+    if not isinstance(image, str):
+        from . import squash
+        server = squash.Server(image)
+        server.start()
+    fds = None
+    try:
+        enter_namespaces(plan)
+        fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+               for ns in ("user", "mnt")] if keep_ns else None
+        # Facts for -v only, and now, for the same reason.
+        ns = (f"user ns {sc.ns_inode('/proc/self/ns/user')}, "
+              f"mnt ns {sc.ns_inode('/proc/self/ns/mnt')}") if errors.verbosity else ""
+        stage_root()
+        if server is None:
+            mount_image(image, plan.writable)
+        else:
+            server.mount(NEWROOT, plan.uid, plan.gid, OLDROOT)
+        apply_mounts(plan, sources, files)
+        enter_root()
+    except BaseException:
+        for fd in fds or ():
+            os.close(fd)
+        if server is not None:
+            server.abort()  # no server and no mount outlive a failed ch-run
+        raise
+    if server is not None:
+        server.done()
+    info(f"container ready: {ns}")
+    return fds
 
 
 def change_dir(plan: Plan, explicit: bool) -> None:

@@ -19,6 +19,7 @@ from .plan import Options, current_user, make_plan
 
 
 def refuse_setid() -> None:
+    """Installed setuid or setgid: refuse everything (run_cli calls this before parsing)."""
     if os.getuid() != os.geteuid() or os.getgid() != os.getegid():
         raise ChError("refusing to run setuid or setgid: run ch-run as yourself")
 
@@ -43,10 +44,19 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
     env = os.environ if env is None else env
     errors.verbosity = opts.verbose
     refuse_setid()
-    plan = make_plan(opts, env, current_user(env), host_cwd())
+    user = current_user(env)
+    plan = make_plan(opts, env, user, host_cwd())
     joining = opts.join or opts.join_ct is not None or opts.join_tag is not None
     cfg = join_config(opts, env) if joining else None  # usage errors before anything else
-    real_image = container.check_image(plan.newroot)
+    env_steps = None
+    if opts.env_ops:  # host files now, before any namespace (chrun.environ)
+        from . import environ
+        env_steps = environ.prepare(opts.env_ops)
+    if opts.storage is not None or opts.write or not opts.newroot.startswith("/"):
+        from . import storage  # image names (chrun.storage); absolute paths skip this
+        plan = plan._replace(newroot=storage.resolve(
+            opts.newroot, opts.storage, env, env.get("USER") or user.name, opts.write))
+    real_image = container.check_image(plan.newroot, plan.writable, opts.mount)
     info(f"image: {real_image}; uid {plan.uid} gid {plan.gid}; "
          f"{'read-write' if plan.writable else 'read-only'}")
 
@@ -62,9 +72,11 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
                                join.container_facts(plan, real_image, sources), env)
         if isinstance(peer, join.Creator):
             peer.start_holder()
-            container.create(plan, real_image, sources)
-            peer.hand_over()
+            peer.hand_over(container.create(plan, real_image, sources, keep_ns=True))
         else:
             peer.enter(time.monotonic() + cfg.timeout)
     info(f"this process: PID {os.getpid()} (others can join it with --join-pid={os.getpid()})")
+    if env_steps is not None:  # inside now: the image's /ch/environment is at its place
+        plan = plan._replace(env=environ.apply(plan.env, env_steps, opts.env_expand,
+                                               environ.image_vars))
     container.exec_command(plan, explicit_cd=opts.cd is not None)

@@ -39,9 +39,43 @@ class UsageError(ChError):
         super().__init__(message, EXIT_USAGE)
 
 
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """``text`` made safe to print as one line of a message.
+
+    Characters that are not printable (control characters such as newline, C1
+    controls, the Unicode line separators, ...) become escapes (``\\n``,
+    ``\\t``, ``\\r``, else ``\\xNN``, ``\\uNNNN``), so that a newline in a path
+    cannot split a message or forge a second ``ch-run[PID]: error:`` line.
+    Bytes that were not valid UTF-8 (kept by Python as surrogates, ``\\udcff``)
+    are shown as the byte, ``\\xff``.  Backslashes are left alone.
+    """
+    if text.isprintable():  # the common case: nothing to escape
+        return text
+    out = []
+    for c in text:
+        o = ord(c)
+        if c.isprintable():
+            out.append(c)
+        elif c in _ESCAPES:
+            out.append(_ESCAPES[c])
+        elif 0xDC80 <= o <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{o - 0xDC00:02x}")
+        elif o < 0x100:
+            out.append(f"\\x{o:02x}")
+        elif o < 0x10000:
+            out.append(f"\\u{o:04x}")
+        else:
+            out.append(f"\\U{o:08x}")
+    return "".join(out)
+
+
 def _emit(level: str, text: str) -> None:
-    # One write per message: lines from peers of a group do not interleave.
-    line = f"{PROGRAM}[{os.getpid()}]: {level}{text}\n"
+    # One line and one write per message: lines from peers of a group do not
+    # interleave, and nothing in ``text`` can start a line of its own.
+    line = f"{PROGRAM}[{os.getpid()}]: {level}{one_line(text)}\n"
     try:
         os.write(2, line.encode(errors="backslashreplace"))
     except OSError:

@@ -194,15 +194,16 @@ class Creator:
         hello = _recv_line(ours, time.monotonic() + 10)
         self.holder_pid = int(hello) if hello.isascii() and hello.isdigit() else 0
 
-    def hand_over(self) -> None:
-        """Give the holder our namespaces and what we built (we are inside the container now)."""
+    def hand_over(self, fds: list) -> None:
+        """Give the holder our namespaces and what we built (we are inside the container
+        now): ``fds``, the user and mount namespaces opened while /proc was the host's (a
+        --bind may cover /proc in the container); they are closed here."""
         assert self.channel is not None
-        fds = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-               for ns in ("user", "mnt")]
+        fds_ino = [sc.ns_inode_fd(fd) for fd in fds]
         try:
             # No tag here: joiners know it.
             payload = _message(creator=os.getpid(), holder=self.holder_pid,
-                               user_ns=sc.ns_inode_fd(fds[0]), mnt_ns=sc.ns_inode_fd(fds[1]))
+                               user_ns=fds_ino[0], mnt_ns=fds_ino[1])
             payload += "".join(f"fact.{k}={_escape(v)}\n" for k, v in self.facts.items()).encode()
             payload += b"end=1\n"
             if len(payload) > MESSAGE_MAX:
@@ -220,8 +221,7 @@ class Creator:
             self.channel.close()
         info(f"join: created container for group {self.cfg.tag!r} ({self.cfg.count} peers, "
              f"count from {self.cfg.count_from}, tag from {self.cfg.tag_from}); "
-             f"user ns {sc.ns_inode('/proc/self/ns/user')}, mnt ns {sc.ns_inode('/proc/self/ns/mnt')}; "
-             f"holder PID {self.holder_pid}")
+             f"user ns {fds_ino[0]}, mnt ns {fds_ino[1]}; holder PID {self.holder_pid}")
 
 
 def _fork_failed(err: int) -> ChError:
@@ -255,12 +255,13 @@ class Joiner:
             sc.assert_single_threaded("can't join namespaces")
             sc.setns(self.fds[0], sc.CLONE_NEWUSER, f"user namespace of group {self.cfg.tag!r}")
             sc.setns(self.fds[1], sc.CLONE_NEWNS, f"mount namespace of group {self.cfg.tag!r}")
+            fds_ino = [sc.ns_inode_fd(fd) for fd in self.fds]  # /proc may be covered inside
         finally:
             for fd in self.fds:
                 os.close(fd)
         info(f"join: joined group {self.cfg.tag!r} created by PID {self.creator_pid} "
-             f"(holder PID {self.fields.get('holder')}); user ns "
-             f"{sc.ns_inode('/proc/self/ns/user')}, mnt ns {sc.ns_inode('/proc/self/ns/mnt')}")
+             f"(holder PID {self.fields.get('holder')}); user ns {fds_ino[0]}, "
+             f"mnt ns {fds_ino[1]}")
 
 
 # --- finding the group -------------------------------------------------------------

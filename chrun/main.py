@@ -25,6 +25,8 @@ def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
     Every :class:`ChError` becomes its one line on stderr and its exit code here.
     """
     try:
+        from .core import refuse_setid
+        refuse_setid()  # before parsing: --help and --version too
         opts = parse()
         if opts is None:  # --help, --usage, --version
             return 0
@@ -32,7 +34,8 @@ def run_cli(parse: Callable[[], Optional["Options"]]) -> int:
         run(opts)
         raise AssertionError("run() returned")  # pragma: no cover
     except ChError as x:
-        errors.error(x.message)
+        if x.message:  # --feature answers with an exit code only
+            errors.error(x.message)
         return x.code
     except OSError as x:  # a call chrun.syscalls does not wrap: still one line, exit 31
         where = f"{x.filename}: " if x.filename is not None else ""

@@ -79,10 +79,14 @@ Options = record(
     ``newroot`` (str), ``command`` (tuple of str), ``binds`` (tuple of ``SRC[:DST]``),
     ``cd``, ``join_ct``, ``join_tag`` (str or None), ``uid``, ``gid``, ``join_pid`` (int or
     None), ``join_timeout`` (float or None), ``join``, ``no_home``, ``private_tmp``,
-    ``write`` (bool), ``verbose`` (int).""",
+    ``write`` (bool), ``verbose`` (int); ``env_ops`` (``--set-env``/``--unset-env`` in
+    order: tuple of ``("set", ARG or None)`` / ``("unset", GLOB)``, see chrun.environ),
+    ``env_expand`` (bool), ``storage`` (str or None), ``no_passwd`` (bool), ``mount``
+    (``-m``: SquashFS mount point, or None).""",
     binds=(), cd=None, uid=None, gid=None, join=False, join_ct=None, join_tag=None,
     join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
-    verbose=0)
+    verbose=0, env_ops=(), env_expand=True, storage=None, no_passwd=False,
+    mount=None)
 
 Mount = record(
     "Mount", ("kind", "dst"),
@@ -90,11 +94,13 @@ Mount = record(
 
     ``kind`` is ``bind`` (host ``src`` onto ``dst``), ``tmpfs`` (fresh tmpfs on
     ``dst``), ``file`` (``content`` written to a private file that is bound on
-    ``dst``) or ``mkdir`` (make directory ``dst`` on a tmpfs made earlier).
+    ``dst``; ``content`` is text, or an :class:`IdFile` whose text needs the
+    host's names for its IDs) or ``mkdir`` (make directory ``dst`` on a tmpfs
+    made earlier).
     ``required`` says whether a missing ``dst`` is an error or a skip.
-    ``user`` marks a ``--bind``: a ``dst`` whose symlinks lead out of the image
-    is an error; ch-run's own mounts resolve symlinks in ``dst`` the way the
-    container will (absolute ones from the image's root).  ``why`` is for messages.""",
+    Symlinks in ``dst`` resolve the way the container will see them (absolute
+    ones from the image's root); ``user`` marks a ``--bind``, for which a ``..``
+    above the image's root is an error.  ``why`` is for messages.""",
     src=None, content=None, required=True, why="", user=False)
 
 
@@ -117,8 +123,35 @@ class Plan(record("Plan", ("newroot", "command", "host_uid", "host_gid", "uid", 
 
 User = record(
     "User", ("uid", "gid", "name", "home"),
-    "Facts about the invoking user that the plan needs (``home`` may be None).",
-    gecos="", group=None)
+    """The invoking user: host ``uid`` and ``gid``, login ``name`` (``$USER``, else the
+    password database's) and host ``home`` directory (None if unknown).""")
+
+IdFile = record(
+    "IdFile", ("kind", "uid", "gid", "host_uid", "host_gid", "login", "home"),
+    """A generated ``/etc/passwd`` (``kind`` ``passwd``) or ``/etc/group`` (``group``)
+    before the host's names for its IDs are known.
+
+    ``uid``/``gid`` are the container's IDs, ``host_uid``/``host_gid`` the invoking
+    user's, ``login`` the user's name and ``home`` the home directory inside.  Only
+    the process that builds a container renders it (:func:`id_file_text`, with
+    names from :func:`chrun.idnames.lookup`): peers joining a container never
+    look names up.""")
+
+IdNames = record(
+    "IdNames", ("users", "groups"),
+    """The names the host gives some IDs: ``users`` maps UID → (name, gecos), ``groups``
+    GID → name.  An ID missing from them is unknown to the host.""")
+
+#: Names of the IDs every generated file has, when the host does not name them.
+DEFAULT_USERS = {0: "root", 65534: "nobody"}
+DEFAULT_GROUPS = {0: "root", 65534: "nogroup"}
+
+
+def id_file_ids(spec: IdFile) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The UIDs and GIDs whose host names :func:`id_file_text` wants for ``spec``."""
+    if spec.kind == "passwd":
+        return tuple(sorted({0, 65534, spec.uid, spec.host_uid})), ()
+    return (), tuple(sorted({0, 65534, spec.gid, spec.host_gid}))
 
 
 # --- parsing helpers ----------------------------------------------------------
@@ -148,6 +181,9 @@ def parse_bind(spec: str, index: int) -> Tuple[str, str]:
         raise UsageError(f"--bind: {spec!r}: destination must be an absolute path")
     if "\0" in spec:
         raise UsageError("--bind: argument contains NUL")
+    if normalize_dst(dst) == "/":
+        raise UsageError(f"--bind: {spec!r}: can't bind over the container's root "
+                         "(NEWROOT is the root; bind on a directory in it)")
     return src, dst
 
 
@@ -157,35 +193,74 @@ def normalize_dst(dst: str) -> str:
     return "/" + "/".join(parts)
 
 
+# --- home ------------------------------------------------------------------------
+
+def login_name(host_env: Mapping[str, str], user: User) -> str:
+    """The name of the home directory inside, ``/home/NAME``: ``$USER`` as Charliecloud
+    does, else (unset or empty) the user's name; one that is not a plain file name
+    (``/``, ``.``, ``..``, ``:`` or a control character) is a usage error."""
+    name = host_env.get("USER") or user.name
+    if name in (".", "..") or "/" in name or ":" in name or not name.isprintable():
+        raise UsageError(f"invalid $USER {name!r}: it names the home directory /home/$USER "
+                         "and must be a plain file name (no '/', ':' or control characters; "
+                         "not '.' or '..')")
+    return name
+
+
 # --- passwd and group ---------------------------------------------------------
 
-def passwd_text(user: User, uid: int, gid: int) -> str:
-    lines = []
-    if uid != 0:
-        lines.append("root:x:0:0:root:/root:/bin/sh")
-    name = user.name if uid != 0 else "root"
-    home = "/root" if uid == 0 else f"/home/{user.name}"
-    lines.append(f"{name}:x:{uid}:{gid}:{user.gecos}:{home}:/bin/sh")
-    if uid != 65534:
-        lines.append("nobody:x:65534:65534:nobody:/:/bin/false")
-    return "".join(line + "\n" for line in lines)
+def _field(text: str) -> str:
+    """``text`` fit for one field of /etc/passwd or /etc/group (no ':' or newline)."""
+    return "".join(c if c.isprintable() and c != ":" else "_" for c in text)
 
 
-def group_text(user: User, gid: int) -> str:
-    lines = []
-    if gid != 0:
-        lines.append("root:x:0:")
-    name = (user.group or user.name) if gid != 0 else "root"
-    lines.append(f"{name}:x:{gid}:")
-    if gid != 65534:
-        lines.append("nogroup:x:65534:")
-    return "".join(line + "\n" for line in lines)
+def _unique(entries: list) -> list:
+    """``entries`` (ID, name, ...) without a repeated ID or name, the first one winning."""
+    ids, names, out = set(), set(), []
+    for e in entries:
+        if e[0] not in ids and e[1] not in names:
+            ids.add(e[0])
+            names.add(e[1])
+            out.append(e)
+    return sorted(out)
+
+
+def passwd_text(spec: IdFile, names: IdNames) -> str:
+    """/etc/passwd: the container's UID, root, nobody and the invoking user, named as
+    the host names them (an ID the host does not know: ``uUID``, or the user's own
+    name for the user's own UID)."""
+    def entry(uid, gid, home, shell, default):
+        name, gecos = names.users.get(uid, (None, ""))
+        return (uid, _field(name or DEFAULT_USERS.get(uid) or default), gid, _field(gecos),
+                home, shell)
+    own = spec.login if spec.uid == spec.host_uid else f"u{spec.uid}"
+    rows = _unique([
+        entry(spec.uid, spec.gid, spec.home, "/bin/sh", own),      # who runs the command
+        entry(0, 0, "/root", "/bin/sh", "root"),
+        entry(65534, 65534, "/", "/bin/false", "nobody"),
+        entry(spec.host_uid, spec.host_gid, spec.home, "/bin/sh", spec.login),  # the user
+    ])
+    return "".join(f"{n}:x:{u}:{g}:{c}:{h}:{sh}\n" for u, n, g, c, h, sh in rows)
+
+
+def group_text(spec: IdFile, names: IdNames) -> str:
+    """/etc/group: the container's GID, root, nogroup and the invoking user's group,
+    named as the host names them (a GID the host does not know: ``gGID``)."""
+    def entry(gid):
+        return (gid, _field(names.groups.get(gid) or DEFAULT_GROUPS.get(gid) or f"g{gid}"))
+    rows = _unique([entry(spec.gid), entry(0), entry(65534), entry(spec.host_gid)])
+    return "".join(f"{n}:x:{g}:\n" for g, n in rows)
+
+
+def id_file_text(spec: IdFile, names: IdNames) -> str:
+    return (passwd_text if spec.kind == "passwd" else group_text)(spec, names)
 
 
 # --- environment --------------------------------------------------------------
 
-def container_env(host_env: Mapping[str, str], user: User, home_mounted: bool) -> Dict[str, str]:
-    """The command's environment: the host's, adjusted as Charliecloud does."""
+def container_env(host_env: Mapping[str, str], home: Optional[str]) -> Dict[str, str]:
+    """The command's environment: the host's, adjusted as Charliecloud does
+    (``HOME`` is ``home``, the bound home directory, unless None)."""
     env = dict(host_env)
     env.pop("TMPDIR", None)
     env["CH_RUNNING"] = CH_RUNNING
@@ -194,8 +269,8 @@ def container_env(host_env: Mapping[str, str], user: User, home_mounted: bool) -
         env["PATH"] = "/bin:/usr/bin:/sbin:/usr/sbin:/usr/local/bin"
     elif "/bin" not in path.split(":"):
         env["PATH"] = (path + ":/bin") if path else "/bin"
-    if home_mounted:
-        env["HOME"] = f"/home/{user.name}"
+    if home is not None:
+        env["HOME"] = home
     return env
 
 
@@ -206,35 +281,39 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
     """Decide every map, mount, variable and directory of the container."""
     uid = opts.uid if opts.uid is not None else user.uid
     gid = opts.gid if opts.gid is not None else user.gid
+    if opts.no_home:  # $USER names no directory: the passwd home is one that exists
+        login, home = host_env.get("USER") or user.name, "/"
+    else:
+        login = login_name(host_env, user)
+        home = f"/home/{login}"
+    ids = IdFile("passwd", uid, gid, user.uid, user.gid, login, home)
     mounts: List[Mount] = [
         Mount("bind", "/dev", "/dev", why="host /dev"),
         Mount("bind", "/proc", "/proc", why="host /proc"),
         Mount("bind", "/sys", "/sys", why="host /sys"),
-        Mount("file", "/etc/passwd", content=passwd_text(user, uid, gid),
-              why="generated /etc/passwd"),
-        Mount("file", "/etc/group", content=group_text(user, gid),
+        Mount("file", "/etc/passwd", content=ids, why="generated /etc/passwd"),
+        Mount("file", "/etc/group", content=ids._replace(kind="group"),
               why="generated /etc/group"),
         Mount("bind", "/etc/hosts", "/etc/hosts", required=False, why="host /etc/hosts"),
         Mount("bind", "/etc/resolv.conf", "/etc/resolv.conf", required=False,
               why="host /etc/resolv.conf"),
     ]
+    if opts.no_passwd:  # --no-passwd: the image's own /etc/passwd and /etc/group
+        mounts = [m for m in mounts if m.dst not in ("/etc/passwd", "/etc/group")]
     if opts.private_tmp:
         mounts.append(Mount("tmpfs", "/tmp", why="private /tmp"))
     else:
         mounts.append(Mount("bind", "/tmp", "/tmp", why="host /tmp"))
-    home_mounted = False
     if not opts.no_home:
         if not user.home:
             raise UsageError("can't bind home: $HOME not set (use --no-home)")
         mounts.append(Mount("tmpfs", "/home", why="tmpfs for /home"))
-        mounts.append(Mount("mkdir", f"/home/{user.name}", why="home mount point"))
-        mounts.append(Mount("bind", f"/home/{user.name}", user.home, required=False,
-                            why="host home"))
-        home_mounted = True
+        mounts.append(Mount("mkdir", home, why="home mount point"))
+        mounts.append(Mount("bind", home, user.home, required=False, why="host home"))
     for i, spec in enumerate(opts.binds):
         src, dst = parse_bind(spec, i)
         mounts.append(Mount("bind", normalize_dst(dst), src, why=f"--bind {spec}", user=True))
-    env = container_env(host_env, user, home_mounted)
+    env = container_env(host_env, None if opts.no_home else home)
     return Plan(newroot=opts.newroot, command=tuple(opts.command),
                 host_uid=user.uid, host_gid=user.gid, uid=uid, gid=gid,
                 writable=opts.write, mounts=tuple(mounts), env=env,
@@ -242,21 +321,18 @@ def make_plan(opts: Options, host_env: Mapping[str, str], user: User,
 
 
 def current_user(env: Mapping[str, str]) -> User:
-    """The invoking user, from the kernel and the password database."""
-    import grp
-    import pwd
+    """The invoking user: IDs from the kernel, name and home from ``$USER`` and ``$HOME``;
+    the password database only for what those do not say."""
     uid, gid = os.geteuid(), os.getegid()
-    try:
-        pw = pwd.getpwuid(uid)
-        name, gecos, pw_home = pw.pw_name, pw.pw_gecos.split(",")[0], pw.pw_dir
-    except KeyError:
-        name, gecos, pw_home = env.get("USER") or f"u{uid}", "", None
-    try:
-        group = grp.getgrgid(gid).gr_name
-    except KeyError:
-        group = None
-    home = env.get("HOME") or pw_home
-    return User(uid=uid, gid=gid, name=name, home=home, gecos=gecos, group=group)
+    name, home = env.get("USER") or None, env.get("HOME") or None
+    if name is None or home is None:
+        import pwd
+        try:
+            pw = pwd.getpwuid(uid)
+            name, home = name or pw.pw_name, home or pw.pw_dir
+        except KeyError:
+            name = name or f"u{uid}"
+    return User(uid=uid, gid=gid, name=name, home=home)
 
 
 def parse_command(args: Sequence[str]) -> Tuple[str, Tuple[str, ...]]:

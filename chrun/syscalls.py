@@ -46,16 +46,22 @@ MNT_DETACH = 0x2
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_NAME = 15
 
-# statvfs f_flag bits (ST_*) that the kernel locks on a mount made in a more
-# privileged namespace, with the mount flag that keeps each one.
-_LOCKED_FLAGS = (
+MS_NOSYMFOLLOW = 0x100
+
+# statvfs f_flag bits (ST_*) of the per-mount flags a read-only remount must
+# keep, with the mount flag that keeps each one.  The kernel locks nosuid,
+# nodev, noexec and the atime flags on a mount made in a more privileged
+# namespace (a remount that changes them fails with EPERM); nosymfollow is
+# not locked but a bind remount would drop it.
+ST_NOSYMFOLLOW = 0x2000  # Linux 5.10; not in Python 3.11's os module
+_KEPT_FLAGS = (
     (os.ST_NOSUID, MS_NOSUID),
     (os.ST_NODEV, MS_NODEV),
     (os.ST_NOEXEC, MS_NOEXEC),
-    (os.ST_NOATIME, MS_NOATIME),
     (os.ST_NODIRATIME, MS_NODIRATIME),
-    (os.ST_RELATIME, MS_RELATIME),
+    (ST_NOSYMFOLLOW, MS_NOSYMFOLLOW),
 )
+
 
 # pidfd_open is 434 on every architecture; pivot_root is not.
 _MACHINE = os.uname().machine
@@ -156,16 +162,28 @@ def bind(src: str, target: str, what: str, recursive: bool = True) -> None:
 
 
 def locked_flags(path: str) -> int:
-    """Mount flags of the filesystem at ``path`` that a remount must keep."""
+    """Mount flags of the mount at ``path`` that a remount of it must keep.
+
+    The atime mode is one of three, and a bind remount that names none keeps
+    the default (relatime), so it is always given: ``noatime``, ``relatime``,
+    or neither of those two in statvfs, which is ``strictatime``.
+    """
     try:
         st = os.statvfs(path)
     except OSError as x:
         raise fail(f"statvfs(2) of {path}", x.errno)
-    return sum(ms for st_bit, ms in _LOCKED_FLAGS if st.f_flag & st_bit)
+    flags = sum(ms for st_bit, ms in _KEPT_FLAGS if st.f_flag & st_bit)
+    if st.f_flag & os.ST_NOATIME:
+        flags |= MS_NOATIME
+    elif st.f_flag & os.ST_RELATIME:
+        flags |= MS_RELATIME
+    else:
+        flags |= MS_STRICTATIME
+    return flags
 
 
 def remount_readonly(target: str, what: str) -> None:
-    """Make bind mount ``target`` read-only, keeping the flags the kernel locked."""
+    """Make bind mount ``target`` read-only, keeping its other per-mount flags."""
     flags = MS_REMOUNT | MS_BIND | MS_RDONLY | locked_flags(target)
     mount(None, target, None, flags, None, what)
 
@@ -189,26 +207,57 @@ def default_signals() -> None:
         _signal.signal(sig, _signal.SIG_DFL)
 
 
-def execvpe(file: str, argv: list, env: dict) -> None:
+#: Search path when the environment has no PATH (glibc's ``confstr(_CS_PATH)``).
+DEFAULT_PATH = "/bin:/usr/bin"
+#: Shell that runs an executable file the kernel does not recognise (ENOEXEC).
+SHELL = "/bin/sh"
+#: Errors after which execvp(3) tries the next directory of PATH (glibc skips a
+#: directory too long for PATH_MAX, the kernel says ENAMETOOLONG for it).
+_TRY_NEXT = frozenset((errno.EACCES, errno.ENOENT, errno.ESTALE, errno.ENOTDIR,
+                       errno.ENODEV, errno.ETIMEDOUT, errno.ENAMETOOLONG))
+
+
+def _exec_or_script(path: str, argv: list, env: dict, execve) -> None:
+    """``execve`` ``path``; a file the kernel can't execute (ENOEXEC) runs under /bin/sh."""
+    try:
+        execve(path, argv, env)
+    except OSError as x:
+        if x.errno != errno.ENOEXEC:
+            raise
+    # As execvp(3) does: a file without "#!" is a shell script, $0 its path.
+    execve(SHELL, [SHELL, path, *argv[1:]], env)
+
+
+def execvpe(file: str, argv: list, env: dict, execve=os.execve) -> None:
     """``execvp(3)`` with ``env``: search ``env``'s PATH for ``file`` and exec it.
 
     Not :func:`os.execvpe`: it imports :mod:`warnings` on the way, and after
-    ``pivot_root`` the host's Python library is gone.  Like execvp, an
-    EACCES candidate is remembered and reported if no later one works.
+    ``pivot_root`` the host's Python library is gone.  The semantics are
+    glibc's execvp: a ``file`` with a slash is not searched; PATH (default
+    ``/bin:/usr/bin``) is tried in order, an empty entry meaning the current
+    directory; a file the kernel can't execute (ENOEXEC, e.g. a script without
+    ``#!``) is run by ``/bin/sh``; "not there" errors (ENOENT, ENOTDIR, ...)
+    move on to the next entry, EACCES too but it is remembered and reported if
+    no entry works; any other error is reported at once.  ``execve`` is
+    replaceable for tests.  Returns only by raising OSError.
     """
+    if file == "":
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
     if "/" in file:
-        os.execve(file, argv, env)
+        _exec_or_script(file, argv, env, execve)
     denied = None
-    for d in (env.get("PATH") or "/bin:/usr/bin").split(":"):
+    path = env.get("PATH")
+    for d in (DEFAULT_PATH if path is None else path).split(":"):
+        candidate = f"{d}/{file}" if d else file  # empty entry: the current directory
         try:
-            os.execve(f"{d or '.'}/{file}", argv, env)
+            _exec_or_script(candidate, argv, env, execve)
         except OSError as x:
+            if x.errno not in _TRY_NEXT:
+                raise
             if x.errno == errno.EACCES:
                 denied = x
-            elif x.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG):
-                raise
     if denied is not None:
-        raise denied
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), file)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), file)
 
 

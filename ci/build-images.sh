@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the tiny busybox test image at ${CHRUN_IMAGES:-/var/tmp/chrun-images}/tiny
 # with the static probes from tests/probes/*.c in usr/local/bin, then (unless
-# CHRUN_SKIP_MPI_IMAGE is set) run ci/build-mpi-image.sh if present.
+# CHRUN_SKIP_MPI_IMAGE is set) run ci/build-mpi-image.sh if present, then
+# ci/build-squash-images.sh (IMAGES/{tiny,mpi}.sqfs for the SquashFS tests).
 # The image is built in a temp dir and renamed into place; it is rebuilt only
 # when this script, the probe sources or the busybox binary change (stamp file
 # IMAGES/.tiny.stamp).
@@ -65,4 +66,8 @@ fi
 if [[ -z ${CHRUN_SKIP_MPI_IMAGE:-} && -f ci/build-mpi-image.sh ]]; then
     echo "build-images.sh: running ci/build-mpi-image.sh"
     bash ci/build-mpi-image.sh
+fi
+
+if [[ -f ci/build-squash-images.sh ]]; then
+    bash ci/build-squash-images.sh
 fi

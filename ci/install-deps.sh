@@ -13,7 +13,8 @@ SRC=${CHRUN_CI_DIR:-/var/tmp/chrun-ci}/src
 VENV=/opt/chrun/venv
 
 pkgs=(busybox-static python3 python3-venv python3-dev gcc libc6-dev strace gdb
-      procps util-linux rsync git ca-certificates passwd)
+      procps util-linux rsync git ca-certificates passwd
+      squashfuse squashfs-tools)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \
@@ -23,6 +24,17 @@ if ((${#missing[@]})); then
     echo "install-deps.sh: apt-get install ${missing[*]}"
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${pkgs[@]}"
+fi
+
+# SquashFS images need FUSE: distributions ship /dev/fuse mode 0666, but where nothing runs
+# udev (minimal VMs, containers) it can be 0600 or missing, and then no plain user can mount.
+if [[ ! -e /dev/fuse ]]; then
+    modprobe fuse 2>/dev/null || true
+    [[ -e /dev/fuse ]] || mknod -m 0666 /dev/fuse c 10 229 \
+        || echo "install-deps.sh: warning: no /dev/fuse: SquashFS images will not work" >&2
+fi
+if [[ -c /dev/fuse ]]; then
+    chmod 0666 /dev/fuse
 fi
 
 [[ ${CHRUN_SRC_SYNCED:-} == 1 ]] || bash ci/sync-src.sh

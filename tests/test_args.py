@@ -17,7 +17,8 @@ TOKENS = ["-b", "/a", "-b/x", "--bind", "--bind=/y:/mnt/3", "-c", "/d", "--cd=/e
           "--join-ct=x", "--join-tag=t", "--join-tag", "--no-home", "-t", "-v", "-vv", "-w",
           "-wt", "-tvb/z", "--", "/img", "true", "echo", "-x", "--weird", "-", "",
           "--join-timeout=5", "--join-pid=12", "--verbose", "--write", "-?", "--help",
-          "--usage", "-V", "--private-tmp", "--no-home=1", "-ux"]
+          "--usage", "-V", "--private-tmp", "--no-home=1", "-ux", "-m", "/m", "--mount=/n",
+          "-m/o", "--mount"]
 
 
 def outcome(f, argv):

@@ -7,13 +7,16 @@ import pytest
 
 from chrun import __version__, cli
 from chrun.errors import EXIT_USAGE, UsageError
-from chrun.plan import (CH_RUNNING, ID_MAX, Mount, Options, User, container_env, group_text,
-                        make_plan, normalize_dst, parse_bind, parse_command, parse_id,
-                        passwd_text)
+from chrun.plan import (CH_RUNNING, ID_MAX, IdFile, IdNames, Mount, Options, User,
+                        container_env, id_file_text, make_plan, normalize_dst, parse_bind,
+                        parse_command, parse_id)
 
-ALICE = User(uid=1001, gid=1002, name="alice", home="/home/alice", gecos="Alice A",
-             group="staff")
-ROOT = User(uid=0, gid=0, name="root", home="/root", gecos="root", group="root")
+ALICE = User(uid=1001, gid=1002, name="alice", home="/home/alice")
+ROOT = User(uid=0, gid=0, name="root", home="/root")
+#: What a host could call some IDs (tests of the generated files are in test_compat.py).
+NAMES = IdNames(users={0: ("root", "root"), 1001: ("alice", "Alice A"),
+                       65534: ("nobody", "nobody")},
+                groups={0: "root", 1002: "staff", 65534: "nogroup"})
 
 
 def plan(*binds, user=ALICE, env=None, cwd="/work", **kw):
@@ -127,8 +130,12 @@ def test_system_mounts():
         assert binds[d] == d
     files = {m.dst: m.content for m in mounts_of(p, "file")}
     assert set(files) == {"/etc/passwd", "/etc/group"}
-    assert "alice:x:1001:1002:" in files["/etc/passwd"]
-    assert "staff:x:1002:" in files["/etc/group"]
+    # Rendered only with the host's names, which the plan does not look up.
+    assert files["/etc/passwd"] == IdFile("passwd", 1001, 1002, 1001, 1002, "alice",
+                                          "/home/alice")
+    assert files["/etc/group"] == files["/etc/passwd"]._replace(kind="group")
+    assert "alice:x:1001:1002:Alice A:" in id_file_text(files["/etc/passwd"], NAMES)
+    assert "staff:x:1002:" in id_file_text(files["/etc/group"], NAMES)
     # Required ones are errors when missing from the image; hosts/resolv.conf are not.
     required = {m.dst: m.required for m in p.mounts}
     assert required["/dev"] and required["/proc"] and required["/sys"]
@@ -196,58 +203,27 @@ def test_maps_for_root():
     assert p.uid_map == "0 0 1\n" and p.gid_map == "0 0 1\n"
 
 
-# --- passwd and group ---------------------------------------------------------------
+# --- passwd and group (more in test_compat.py) ---------------------------------------
 
 def _entries(text):
     assert text.endswith("\n")
     return [line.split(":") for line in text.splitlines()]
 
 
-def test_passwd_knows_user():
-    rows = _entries(passwd_text(ALICE, 1001, 1002))
-    assert ["alice", "x", "1001", "1002", "Alice A", "/home/alice", "/bin/sh"] in rows
-    assert ["root", "x", "0", "0", "root", "/root", "/bin/sh"] in rows
-    assert [r[2] for r in rows].count("1001") == 1
-    assert all(len(r) == 7 for r in rows)
-
-
-def test_passwd_with_other_ids():
-    rows = _entries(passwd_text(ALICE, 1234, 5678))
-    assert ["alice", "x", "1234", "5678", "Alice A", "/home/alice", "/bin/sh"] in rows
-
-
-def test_passwd_uid_0_is_root_once():
-    rows = _entries(passwd_text(ALICE, 0, 0))
-    assert [r[0] for r in rows if r[2] == "0"] == ["root"]
-
-
-def test_passwd_no_duplicate_nobody():
-    rows = _entries(passwd_text(ALICE, 65534, 65534))
-    assert [r[2] for r in rows].count("65534") == 1
-
-
-def test_group_knows_group():
-    rows = _entries(group_text(ALICE, 1002))
-    assert ["staff", "x", "1002", ""] in rows
-    assert ["root", "x", "0", ""] in rows
-    assert all(len(r) == 4 for r in rows)
-    # Without a host group name, the user name names the group.
-    nameless = User(uid=5, gid=6, name="bob", home="/h")
-    assert ["bob", "x", "6", ""] in _entries(group_text(nameless, 6))
-    assert [r[0] for r in _entries(group_text(ALICE, 0)) if r[2] == "0"] == ["root"]
-
-
 def test_plan_passwd_follows_uid_gid_options():
     files = {m.dst: m.content for m in plan(uid=1234, gid=5678).mounts if m.kind == "file"}
-    assert "alice:x:1234:5678:" in files["/etc/passwd"]
-    assert "staff:x:5678:" in files["/etc/group"]
+    passwd = _entries(id_file_text(files["/etc/passwd"], NAMES))
+    group = _entries(id_file_text(files["/etc/group"], NAMES))
+    assert ["u1234", "x", "1234", "5678", "", "/home/alice", "/bin/sh"] in passwd
+    assert ["alice", "x", "1001", "1002", "Alice A", "/home/alice", "/bin/sh"] in passwd
+    assert ["g5678", "x", "5678", ""] in group and ["staff", "x", "1002", ""] in group
 
 
 # --- environment -------------------------------------------------------------------------
 
 def test_env_defaults():
     host = {"PATH": "/usr/bin", "TMPDIR": "/scratch/tmp", "FOO": "bar", "HOME": "/x"}
-    env = container_env(host, ALICE, home_mounted=True)
+    env = container_env(host, "/home/alice")
     assert env["CH_RUNNING"] == CH_RUNNING == "Weird Al Yankovic"
     assert "TMPDIR" not in env
     assert env["PATH"] == "/usr/bin:/bin"
@@ -265,16 +241,16 @@ def test_env_defaults():
     ("", "/bin"),
 ])
 def test_env_path_gets_bin(path, expected):
-    assert container_env({"PATH": path}, ALICE, False)["PATH"] == expected
+    assert container_env({"PATH": path}, None)["PATH"] == expected
 
 
 def test_env_path_unset():
-    path = container_env({}, ALICE, False)["PATH"]
+    path = container_env({}, None)["PATH"]
     assert "/bin" in path.split(":")
 
 
 def test_env_overrides_ch_running():
-    assert container_env({"CH_RUNNING": "x"}, ALICE, False)["CH_RUNNING"] == CH_RUNNING
+    assert container_env({"CH_RUNNING": "x"}, None)["CH_RUNNING"] == CH_RUNNING
 
 
 def test_plan_env_and_cwd():

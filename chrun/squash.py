@@ -1,0 +1,322 @@
+"""SquashFS images: ``ch-run IMG.sqfs -- CMD``, served by the ``squashfuse`` program.
+
+This module is the alternative source of two steps of :mod:`chrun.container`:
+step 1 (:func:`check`: a regular file whose first bytes are ``hsqs`` is an
+archive) and step 4 (:class:`Server`: the archive, not a bind of a directory,
+becomes ``/newroot``).  Only a container's creator mounts; peers of a
+``--join`` group enter its mount namespace and so share its one mount.
+
+How the mount lives and ends, with no process of ours left in between:
+
+1. Before any namespace exists, :meth:`Server.start` forks twice, so the
+   server is a child of nobody in the container's process tree.  The server
+   starts its own session (a job's Ctrl-C or a launcher's process-group kill
+   does not reach it), keeps only a socket to ch-run and a pipe for its
+   stderr, and waits.  It stays in the host's user and mount namespaces: it
+   only reads the archive (as you) and the FUSE descriptor, and a process in
+   the container's mount namespace would keep that namespace, and so its own
+   mount, alive for ever.
+2. In its new namespaces ch-run opens ``/dev/fuse`` (the kernel wants the
+   mount made in the user namespace that opened it) and mounts it itself:
+   ``mount(2)`` of type ``fuse.squashfuse``, ``fd=N``, read-only.
+3. ch-run sends the descriptor to the waiting server, which execs
+   ``squashfuse -f ARCHIVE /dev/fd/N`` (libfuse 3 serves a descriptor that
+   is already mounted), closes its own copy, and stats the mount's root.  The
+   stat waits for squashfuse's FUSE INIT reply, or fails as soon as squashfuse
+   exits (the connection is aborted when the last descriptor goes); then
+   squashfuse's own message, read from the pipe, becomes ch-run's one error
+   line.  So ch-run knows the mount works before it execs the command.
+4. When the container's last process exits, its mount namespace goes, the
+   kernel unmounts the archive and aborts the FUSE connection, squashfuse's
+   read fails and it exits.  Nothing to clean up, also after a SIGKILL.  In a
+   ``--join`` group the holder's namespace descriptors keep the namespace
+   (and the mount) until every peer is in it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import select
+import stat
+import time
+
+from . import errors, syscalls as sc
+from .errors import ChError, UsageError, info
+from .plan import record
+
+#: First bytes of a SquashFS archive (little-endian ``0x73717368``).
+MAGIC = b"hsqs"
+#: The FUSE server: the first of these in ch-run's ``PATH`` (in each directory the
+#: low-level ``squashfuse_ll`` first: same package, several times faster on many files).
+SQUASHFUSE = "squashfuse"
+PROGRAMS = ("squashfuse_ll", SQUASHFUSE)
+FUSE_DEV = "/dev/fuse"
+#: Seconds to wait for the server's greeting and for its exit after a failure.
+WAIT = 10.0
+
+
+class Archive(record("Archive", ("path",), "", mount_dir=None)):
+    """A SquashFS image: ``path`` (absolute, as given: symlinks kept, so ``ps`` shows
+    what the user named) and ``mount_dir`` (``-m``: real host path, or None)."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def is_archive(path: str) -> bool:
+    """True if ``path`` starts with the SquashFS magic (False if it can't be read)."""
+    try:
+        return _magic(path) == MAGIC
+    except OSError:
+        return False
+
+
+def _magic(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    try:
+        return os.pread(fd, len(MAGIC), 0)
+    finally:
+        os.close(fd)
+
+
+def check(path: str, writable: bool = False, mount_dir: str | None = None) -> Archive:
+    """Step 1 for a regular file: it must be a readable SquashFS archive."""
+    try:
+        magic = _magic(path)
+    except OSError as x:
+        raise ChError(f"can't use image: {path}: {os.strerror(x.errno)}")
+    if magic != MAGIC:
+        raise ChError(f"can't use image: {path}: neither a directory nor a SquashFS archive")
+    if writable:
+        raise UsageError(f"--write: {path} is a SquashFS image, which is read-only")
+    real_dir = None
+    if mount_dir is not None:
+        real_dir = os.path.realpath(mount_dir)
+        try:
+            if not stat.S_ISDIR(os.stat(real_dir).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "")
+        except OSError as x:
+            raise ChError(f"--mount: {mount_dir}: {os.strerror(x.errno)}")
+    return Archive(path=os.path.abspath(path), mount_dir=real_dir)
+
+
+def find_program(names: tuple = PROGRAMS, path: str | None = None) -> str | None:
+    """Absolute path of the first executable of ``names`` in ``path`` (default ``$PATH``).
+
+    Directories are tried in order, each for every name in turn; None if none is found.
+    """
+    if path is None:
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+    for d in path.split(":"):
+        for name in names:
+            candidate = os.path.join(d or ".", name)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return os.path.abspath(candidate)
+    return None
+
+
+def fuse_problem(dev: str = FUSE_DEV) -> str | None:
+    """Why ``dev`` can't be used (one phrase), or None if we may open it read-write."""
+    if not os.path.exists(dev):
+        return f"{dev}: {os.strerror(errno.ENOENT)} (FUSE kernel module not loaded?)"
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return (f"{dev}: {os.strerror(errno.EACCES)} (FUSE needs it mode 0666, as "
+                f"distributions ship it: chmod 0666 {dev})")
+    return None
+
+
+def available() -> bool:
+    """Can this ch-run mount SquashFS images here? (``--feature=squash``)"""
+    return find_program() is not None and fuse_problem() is None
+
+
+class Server:
+    """One archive's FUSE server, from before the namespaces to ch-run's exec."""
+
+    def __init__(self, archive: Archive):
+        self.archive = archive
+        self.channel = None      # socket to the waiting server, until it has the fd
+        self.err_pipe = -1       # read end of the server's stderr
+        self.pid = 0
+        self.program = SQUASHFUSE  # the server's name, for messages
+        self.mounted: list = []  # where we mounted (for abort)
+
+    def _fail(self, why: str) -> ChError:
+        return ChError(f"can't mount SquashFS image {self.archive.path}: {why}")
+
+    def start(self) -> None:
+        """Before the namespaces: fork the server, which waits for the FUSE descriptor."""
+        import socket
+        exe = find_program()
+        if exe is None:
+            raise self._fail(f"{SQUASHFUSE} not found in PATH (install package squashfuse)")
+        self.program = os.path.basename(exe)
+        problem = fuse_problem()
+        if problem is not None:
+            raise self._fail(f"FUSE not usable: {problem}")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        rfd, wfd = os.pipe()
+        errors.flush_std()
+        pid = os.fork()
+        if pid == 0:  # intermediate child: fork the server and leave at once
+            try:
+                ours.close()
+                os.close(rfd)
+                if os.fork() == 0:
+                    _server_main(theirs, wfd, exe, self.archive.path)
+            finally:
+                os._exit(0)
+        theirs.close()
+        os.close(wfd)
+        os.waitpid(pid, 0)
+        self.channel, self.err_pipe = ours, rfd
+        hello = _recv_line(ours, time.monotonic() + WAIT)
+        if not hello.isdigit():
+            self.abort()
+            raise self._fail("FUSE server process did not start")
+        self.pid = int(hello)
+
+    def mount(self, target: str, uid: int, gid: int, host: str) -> None:
+        """Step 4 (in the new namespaces): mount the archive on ``target``, start squashfuse.
+
+        ``host`` is where the host's root is now (``/dev/fuse`` and ``-m`` are under it).
+        """
+        where = target if self.archive.mount_dir is None else host + self.archive.mount_dir
+        try:
+            fd = os.open(host + FUSE_DEV, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as x:
+            raise self._fail(f"FUSE not usable: can't open {FUSE_DEV}: {os.strerror(x.errno)}")
+        try:
+            sc.mount(self.archive.path, where, "fuse." + SQUASHFUSE,
+                     sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+                     f"fd={fd},rootmode=40000,user_id={uid},group_id={gid},default_permissions",
+                     f"can't mount SquashFS image {self.archive.path}: mount(2) of FUSE")
+            self.mounted.append(where)
+            try:
+                sc.send_fds(self.channel, b"fd\n", [fd])
+            except OSError as x:
+                raise self._fail(f"FUSE server PID {self.pid} is gone ({os.strerror(x.errno)})")
+        finally:
+            os.close(fd)  # the server's copy is the only one: if it dies, the mount fails
+        self.channel.close()
+        self.channel = None
+        try:
+            os.stat(where)  # waits for squashfuse's FUSE INIT reply
+        except OSError as x:
+            said = _last_line(self.abort())
+            raise self._fail(f"{self.program}: {said}" if said else
+                             f"{self.program} exited: {os.strerror(x.errno)}")
+        if where != target:
+            sc.bind(where, target, f"can't bind SquashFS mount {where[len(host):]} on the new root")
+            self.mounted.append(target)
+        info(f"SquashFS image {self.archive.path} mounted read-only"
+             f"{' at ' + self.archive.mount_dir if self.archive.mount_dir else ''}; "
+             f"{self.program} PID {self.pid}")
+
+    def done(self) -> None:
+        """The container is built: let go of the server (it lives as long as the mount)."""
+        if self.err_pipe >= 0:
+            os.close(self.err_pipe)
+            self.err_pipe = -1
+
+    def abort(self) -> bytes:
+        """ch-run failed before its exec: make the server go, wait until it has gone.
+
+        Returns what the server wrote on its stderr.
+        """
+        said = b""
+        if self.channel is not None:  # a server still waiting exits on EOF
+            self.channel.close()
+            self.channel = None
+        still_mounted = False
+        for where in reversed(self.mounted):  # unmounting aborts the FUSE connection
+            try:
+                sc.umount_detach(where, "")
+            except ChError:  # e.g. gone with the staging root: ends with our namespace
+                still_mounted = True
+        self.mounted = []
+        if still_mounted:
+            self.done()  # the server ends when we exit (with our mount namespace)
+        if self.err_pipe >= 0:
+            said = _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
+            self.done()
+        return said
+
+
+def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
+    """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s."""
+    try:
+        os.setsid()
+        sc.set_process_name("ch-run-squash")
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        os.dup2(errfd, 2)
+        keep = {0, 1, 2, channel.fileno()}
+        for fd in _open_fds():
+            if fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        os.chdir("/")  # hold no directory of the host busy
+        channel.sendall(f"{os.getpid()}\n".encode())
+        _data, fds = sc.recv_fds(channel, 1)
+        if len(fds) != 1:
+            return  # ch-run failed before mounting: nothing to serve
+        os.set_inheritable(fds[0], True)
+        channel.close()
+        os.execv(exe, [exe, "-f", archive, f"/dev/fd/{fds[0]}"])
+    except OSError as x:
+        try:
+            os.write(2, f"can't execute {exe}: {os.strerror(x.errno or 0)}\n".encode())
+        except OSError:
+            pass
+    except BaseException:  # never let Python's exit machinery run in here
+        pass
+
+
+def _open_fds() -> list:
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+
+
+def _recv_line(sock, deadline: float) -> str:
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        data = sock.recv(64)
+    except OSError:
+        data = b""
+    sock.settimeout(None)
+    return data.decode(errors="replace").strip()
+
+
+def _drain(fd: int, deadline: float) -> bytes:
+    """Everything written to pipe ``fd`` until EOF (its writers are gone) or ``deadline``."""
+    out = b""
+    while len(out) < 65536:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _last_line(data: bytes) -> str:
+    lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else ""
