@@ -89,7 +89,8 @@ class _Restart(Exception):
 #: no password-database lookups; joiners compute this too).
 FACT_LABELS = (("image", "image"), ("uid", "UID (-u)"), ("gid", "GID (-g)"),
                ("write", "read-write (-w)"), ("tmp", "/tmp (-t)"),
-               ("home", "home (--no-home)"), ("binds", "binds (-b)"))
+               ("home", "home (--no-home)"), ("binds", "binds (-b)"),
+               ("passwd", "/etc/passwd (--no-passwd)"))
 
 
 def container_facts(plan, real_image: str, sources: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -113,11 +114,13 @@ def container_facts(plan, real_image: str, sources: Optional[Mapping[str, str]] 
             tmp = "private"
         elif m.kind == "bind" and m.user:
             binds.append(f"{real(m.src)}:{m.dst}")
-        elif m.kind == "bind" and m.dst.startswith("/home/") and m.src is not None:
+        elif m.kind == "bind" and m.src is not None and (m.why == "host home"
+                                                         or m.dst.startswith("/home/")):
             home = f"{real(m.src)}:{m.dst}"
+    passwd = "generated" if any(m.dst == "/etc/passwd" for m in plan.mounts) else "image's"
     return {"image": real_image, "uid": str(plan.uid), "gid": str(plan.gid),
             "write": "yes" if plan.writable else "no", "tmp": tmp, "home": home,
-            "binds": "\n".join(binds) or "none"}
+            "binds": "\n".join(binds) or "none", "passwd": passwd}
 
 
 def first_difference(mine: Mapping[str, str], group: Mapping[str, str]) -> Optional[str]:

@@ -109,10 +109,6 @@ def test_odd_but_valid_launcher_numbers(ch_run, tiny_image):
 
 # --- joiners that asked for another container ----------------------------------------
 
-def _other_image(writable_image):
-    return ["IMAGE", str(writable_image)]
-
-
 @pytest.mark.parametrize("opts,label", [
     (["-w"], "read-write (-w)"),
     (["-u", "1234"], "UID (-u)"),
@@ -120,6 +116,7 @@ def _other_image(writable_image):
     (["-t"], "/tmp (-t)"),
     (["--no-home"], "home (--no-home)"),
     (["-b", "/etc:/mnt/0"], "binds (-b)"),
+    (["--no-passwd"], "/etc/passwd (--no-passwd)"),
     ("image", "image"),
 ])
 def test_joiner_with_other_options_fails(group, writable_image, opts, label):
