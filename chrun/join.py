@@ -93,7 +93,8 @@ FACT_LABELS = (("image", "image"), ("uid", "UID (-u)"), ("gid", "GID (-g)"),
                ("passwd", "/etc/passwd (--no-passwd)"))
 
 
-def container_facts(plan, real_image: str, sources: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+def container_facts(plan, real_image: str,
+                    sources: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """What every peer of a group must agree on, as a plain dict of strings.
 
     The creator sends its own to each joiner; a joiner compares with
@@ -104,8 +105,9 @@ def container_facts(plan, real_image: str, sources: Optional[Mapping[str, str]] 
     sources = sources or {}
 
     def real(src: str) -> str:
-        return sources.get(src) or os.path.normpath(os.path.join(os.getcwd(), src)) \
-            if not src.startswith("/") else sources.get(src) or os.path.normpath(src)
+        if src in sources:
+            return sources[src]
+        return os.path.normpath(src if src.startswith("/") else os.path.join(os.getcwd(), src))
 
     binds: List[str] = []
     home, tmp = "none", "host"

@@ -205,3 +205,29 @@ def test_no_usable_key_falls_back_with_one_warning(group, tmp_path, why):
     assert "no private key" in warns[0] and words in warns[0]
     creator, = [p for p in ps if verbose_facts(p.err)[0] == "created"]
     assert warns[0] in creator.err
+
+
+# --- the comparison itself (pure) ---------------------------------------------------------
+
+def _facts(**opts):
+    from chrun import join
+    from chrun.plan import Options, User, make_plan
+    o = Options("/img", ("true",))._replace(**opts)
+    user = User(uid=1000, gid=1000, name="u", home="/home/u")
+    return join.container_facts(make_plan(o, {"HOME": "/home/u"}, user, "/"), "/real/img")
+
+
+def test_facts_and_first_difference():
+    from chrun.join import first_difference
+    base = _facts()
+    assert first_difference(base, base) is None
+    assert first_difference(base, _facts(cd="/tmp", command=("ls",))) is None
+    assert first_difference(_facts(write=True), base) == \
+        "read-write (-w): yes here, no in the group"
+    assert first_difference(_facts(binds=("/a:/mnt/1",)), base).startswith(
+        "binds (-b): /a:/mnt/1 here, none in the group")
+    # the first difference, in a fixed order: the image before the UID
+    other = {**_facts(uid=5), "image": "/other"}
+    assert first_difference(other, base).startswith("image: /other here, /real/img")
+    # facts another module adds are compared too
+    assert first_difference({**base, "squash": "x"}, base) == "squash: x here, none in the group"
