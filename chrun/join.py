@@ -726,8 +726,11 @@ def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> 
             continue
         try:
             conn, _ = listener.accept()
-        except OSError:
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
+        except OSError:   # not a listening socket any more: never spin on it
+            _turn_away(listener, "holder lost its socket", waiting)
+            return
         try:
             if sc.peer_credentials(conn)[1] != me:
                 conn.close()      # a stranger gets nothing, not even an answer

@@ -149,6 +149,20 @@ def test_squat_then_release_never_splits(long_group, victim, mode):
     stop(evil)
 
 
+@pytest.mark.parametrize("mode", ["release", "toggle"])
+def test_squat_released_while_peers_race(long_group, victim, mode):
+    """All peers start at once; the squatter lets the first name go the moment any other
+    name of the group is bound (a candidate's, maybe not yet committed), so peers scan
+    while names change under them: still one container."""
+    group = long_group
+    names = names_of(group, victim)
+    evil = attack(group, mode, names)
+    ps = peers(group, victim, n=2 * N, cmd=("sh", "-c", f"{CMA} nsinfo; sleep 1"))
+    one_container(ps)
+    assert evil.readline().strip() == "released"
+    stop(evil)
+
+
 def test_every_name_squatted_is_one_clear_error(group, victim):
     names = names_of(group, victim)
     evil = attack(group, "listen", names)
