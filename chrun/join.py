@@ -363,7 +363,8 @@ class _Search:
         self.me = os.geteuid()
         self.deadline = time.monotonic() + cfg.timeout
         self.what = f"join: group {cfg.tag!r}"
-        self.squatted: Dict[int, Optional[int]] = {}   # index -> other UID (None: unknown)
+        self.squatted: Dict[int, Optional[int]] = {}   # this pass: index -> other UID or None
+        self.seen: Dict[int, Optional[int]] = {}       # every pass so far (for the warning)
         self.unanswered: Dict[int, float] = {}         # index -> first seen, owner unknown
         self.owners: Optional[Dict[bytes, int]] = None
         self.owners_at = -1.0
@@ -409,13 +410,16 @@ class _Search:
             pause = min(pause * 2, 0.032)
 
     def held_by(self) -> str:
-        if not self.squatted:
+        held = {**self.seen, **self.squatted}
+        if not held:
             return ""
         uids = sorted({("UID %d" % u) if u is not None else "an unknown UID"
-                       for u in self.squatted.values()})
-        return f" ({len(self.squatted)} of {len(self.names)} names held by {', '.join(uids)})"
+                       for u in held.values()})
+        return f" ({len(held)} of {len(self.names)} names held by {', '.join(uids)})"
 
     def one_pass(self):
+        self.seen.update(self.squatted)
+        self.squatted = {}          # a squatter may have let go since: look again
         free = []
         for i, name in enumerate(self.names):
             kind, val = _probe(name)
@@ -513,7 +517,7 @@ def rendezvous(cfg: JoinConfig, uid: int, facts: Optional[Dict[str, str]] = None
     secret, problem = joinkey.load(os.environ if env is None else env)
     search = _Search(cfg, socket_names(uid, cfg.key, secret), facts)
     peer = search.run()
-    if search.squatted:
+    if search.seen or search.squatted:
         errors.warning(f"{search.what}: meeting names taken by other users{search.held_by()}; "
                        f"met on another name")
     if problem is not None and isinstance(peer, Creator):
