@@ -25,6 +25,7 @@ Trailing comments that change how a command is checked (several: ``# as root; an
     ``# not run in CI: WHY`` not run, output not checked: kept for what cannot run in CI
                              (a second machine, minutes of benchmark); the text says so
                              visibly, and there should be few.
+    ``# exit N``             the exit status is N (default 0).
     Any other comment is just a shell comment.
 
 Slurm
@@ -40,12 +41,14 @@ How output is compared (stdout and stderr together, as a terminal shows them)
       shown different must differ (so "4 ranks, one container" is checked, not just shown).
     - Runs of blanks compare equal to any run of blanks; leading and trailing blanks are
       ignored; so are empty lines.
-    - The exit status must be 0 unless the shown output has an ``error`` in it.
+    - The exit status must be 0 (or N with ``# exit N``), unless the shown output has an
+      ``error`` in it.
     - While a background command (ending in ``&``) of the file is running, a command whose
       output does not match is retried for up to 30 s, as a user would wait for the job.
 
-Images: the docs name ``/var/tmp/chrun-images/{tiny,mpi}`` (what ``ci/setup.sh`` builds);
-``$CHRUN_IMAGES`` replaces that directory in commands and outputs.
+Images and MPI venvs: the docs name ``/var/tmp/chrun-images/{tiny,mpi}`` and
+``/opt/chrun/{ompi5,mpich5}`` (what ``ci/setup.sh`` builds); ``$CHRUN_IMAGES`` and
+``$CHRUN_MPI_VENVS`` (as in the other tests) replace those directories in commands and outputs.
 
 Run it alone:
 ``CHRUN_LEAK_CHECK=0 /opt/chrun/venv/bin/python -m pytest tests/test_docs.py -v``
@@ -72,6 +75,8 @@ BIN = Path(sys.executable).parent        # the venv under test (no resolve(): sy
 USER = "chrun-test"
 DOC_IMAGES = "/var/tmp/chrun-images"
 IMAGES = os.environ.get("CHRUN_IMAGES", DOC_IMAGES).rstrip("/")
+DOC_MPI_VENVS = "/opt/chrun"
+MPI_VENVS = os.environ.get("CHRUN_MPI_VENVS", DOC_MPI_VENVS).rstrip("/")
 SLURM = os.environ.get("CHRUN_SLURM") == "1"
 TIMEOUT = int(os.environ.get("CHRUN_DOCS_TIMEOUT", "300"))
 RETRY_S = 30
@@ -79,7 +84,7 @@ ELLIPSIS = "…"
 SLURM_RE = re.compile(r"(?<![\w/.-])(srun|salloc|sbatch|squeue|sinfo|scontrol)(?![\w.-])")
 ASSIGN_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(\S.*)?$")
 NUMBER_RE = re.compile(r"(?<![\w.])\d{4,}(?!\w|\.\d)")
-DIRECTIVES = ("as root", "any order", "not run in CI")
+DIRECTIVES = ("as root", "any order", "not run in CI", "exit ")
 
 
 # ---- reading the docs ----------------------------------------------------------------------
@@ -90,6 +95,7 @@ class Command:
         self.output = []          # shown output lines
         self.root = self.any_order = False
         self.skip = None          # reason, for "not run in CI"
+        self.status = 0           # expected exit status ("exit N")
         self.slurm = False        # set per block
         # Directives: the trailing comment of the command's first line.
         first = text.split("\n", 1)[0]
@@ -104,6 +110,8 @@ class Command:
                         self.any_order = True
                     elif i.startswith("not run in CI"):
                         self.skip = i
+                    elif re.fullmatch(r"exit \d+", i):
+                        self.status = int(i.split()[1])
 
     @property
     def where(self):
@@ -244,7 +252,12 @@ def matches(shown, actual, any_order=False):
 # ---- running ---------------------------------------------------------------------------------
 
 def images(text: str) -> str:
-    return text.replace(DOC_IMAGES, IMAGES) if IMAGES != DOC_IMAGES else text
+    """The docs' paths, replaced by those of this test run."""
+    if IMAGES != DOC_IMAGES:
+        text = text.replace(DOC_IMAGES, IMAGES)
+    if MPI_VENVS != DOC_MPI_VENVS:
+        text = re.sub(re.escape(DOC_MPI_VENVS) + r"/(ompi5|mpich5)\b", MPI_VENVS + r"/\1", text)
+    return text
 
 
 class Session:
@@ -293,6 +306,7 @@ class Session:
         return p.returncode, out.decode(errors="replace")
 
     def start(self, cmd: Command, script: str):
+        script = script.rstrip()[:-1]     # without the "&": we keep the process ourselves
         argv, env = self.argv(cmd, script)
         log = open(self.dir / f".bg-{cmd.line}.log", "wb")
         with log:
@@ -305,18 +319,21 @@ class Session:
         return any(j.poll() is None for j in self.jobs)
 
     def stop(self):
+        """End the background jobs as a user would: SIGTERM (mpirun then ends its ranks)."""
         for j in self.jobs:
             if j.poll() is None:
-                kill_group(j)
+                kill_group(j, signal.SIGTERM)
+        for j in self.jobs:
             try:
-                j.wait(timeout=30)
+                j.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                pass
+                kill_group(j)
+                j.wait(timeout=10)
 
 
-def kill_group(p):
+def kill_group(p, sig=signal.SIGKILL):
     try:
-        os.killpg(p.pid, signal.SIGKILL)   # the group we created for it (start_new_session)
+        os.killpg(p.pid, sig)   # the group we created for it (start_new_session)
     except ProcessLookupError:
         pass
 
@@ -344,7 +361,7 @@ def check(session: Session, cmd: Command):
         else:
             rc, out = session.run(cmd, text)
             fits = matches(shown, out.splitlines(), cmd.any_order)
-            status_ok = rc == 0 or any("error" in s.lower() for s in shown)
+            status_ok = rc == cmd.status or any("error" in s.lower() for s in shown)
             if fits and status_ok:
                 return None
             problem = (f"exit status {rc}" if fits else "output differs") + \
@@ -397,12 +414,13 @@ def test_doc_runs_as_written(doc):
                     skipped.append(f"{c.where}: Slurm (CHRUN_SLURM=1 not set)")
                     continue
                 problem = check(session, c)
-                ran += 1
+                ran += not ASSIGN_RE.match(c.text.strip())
                 if problem:
                     failures.append(f"{c.where}: $ {c.text}\n{problem}")
         finally:
             session.stop()
-        assert not failures, "\n\n".join(failures)
+        if failures:
+            pytest.fail("\n\n".join(failures), pytrace=False)
         if ran == 0:
             pytest.skip("; ".join(skipped))
     finally:
