@@ -92,9 +92,10 @@ def program():
             "the node builds the container, the others join it, and every rank execs CMD, "
             "whose own MPI_Init then works as on the host.",
             "Dynamic processes (MPI_Comm_spawn) are started by the host launcher's daemon, on "
-            "the host and outside any container: the spawn target must exist on the host, "
-            "or run the launcher itself inside one container (ch-run IMG -- mpirun ...) on "
-            "one node.",
+            "the host and outside any container. To put them in the parent's container, "
+            "spawn ch-run --join-pid=PARENT_PID NEWROOT -- TARGET [ARG...]; or run the "
+            "launcher itself inside one container (ch-run NEWROOT -- mpirun ...) on one "
+            "node; or spawn a target that exists on the host.",
         ),
         options=rows,
         more_options=("ch-run options", passed),

@@ -41,6 +41,9 @@ How output is compared (stdout and stderr together, as a terminal shows them)
       shown different must differ (so "4 ranks, one container" is checked, not just shown).
     - Runs of blanks compare equal to any run of blanks; leading and trailing blanks are
       ignored; so are empty lines.
+    - Slurm's messages about waiting for resources (``srun: Job N step creation temporarily
+      disabled, retrying``, ``… queued and waiting for resources``, ``salloc: Job allocation N
+      has been revoked``) are ignored: they depend on the machine's load, not on chrun.
     - The exit status must be 0 (or N with ``# exit N``), unless the shown output has an
       ``error`` in it.
     - While a background command (ending in ``&``) of the file is running, a command whose
@@ -136,7 +139,7 @@ def tracked_docs():
 
 def parse(path: str, text: str):
     """The commands of one Markdown file, in order."""
-    commands, block, in_block, start = [], [], False, 0
+    commands, block, in_block, start, indent = [], [], False, 0, 0
     for no, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("```"):
             if in_block:
@@ -144,9 +147,11 @@ def parse(path: str, text: str):
                 block, in_block = [], False
             else:
                 in_block, start = True, no
+                indent = len(line) - len(line.lstrip())   # a block in a list item
             continue
         if in_block:
-            block.append(line)
+            cut = min(indent, len(line) - len(line.lstrip()))
+            block.append(line[cut:])
     return commands
 
 
@@ -190,8 +195,16 @@ def line_pattern(line: str):
     return re.compile("".join(parts)), names
 
 
+#: What Slurm says about waiting for resources, which depends on the machine's load.
+SLURM_NOISE = re.compile(
+    r"^(srun|salloc|sbatch): (Job \d+ step creation temporarily disabled, retrying.*"
+    r"|Step created for job \d+|Job allocation \d+ has been revoked\.?"
+    r"|Pending job allocation \d+|[Jj]ob \d+ queued and waiting for resources"
+    r"|[Jj]ob \d+ has been allocated resources)$")
+
+
 def normalize(lines):
-    return [ln.strip() for ln in lines if ln.strip()]
+    return [ln.strip() for ln in lines if ln.strip() and not SLURM_NOISE.match(ln.strip())]
 
 
 def bind(bindings, names, values):
@@ -453,10 +466,12 @@ def test_parse_directives_and_continuations():
     text = "\n".join([
         "```", "$ echo 1   # as root; any order", "1", "$ cat > f <<'EOF'", "> x", "> EOF",
         "$ srun true   # not run in CI: needs two machines", "```",
-        "```", "$ IMG=/x", "```"])
+        "```", "$ IMG=/x", "```", "- item:", "  ```", "  $ echo a", "  a", "  ```"])
     c = parse("t.md", text)
     assert [x.text for x in c] == ["echo 1   # as root; any order", "cat > f <<'EOF'\nx\nEOF",
-                                   "srun true   # not run in CI: needs two machines", "IMG=/x"]
+                                   "srun true   # not run in CI: needs two machines", "IMG=/x",
+                                   "echo a"]
     assert c[0].root and c[0].any_order and c[0].output == ["1"] and c[0].slurm
     assert c[2].skip == "not run in CI: needs two machines"
     assert not c[3].slurm and c[3].line == 10
+    assert (c[4].text, c[4].output) == ("echo a", ["a"])
