@@ -38,6 +38,12 @@ def env_path():
             "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "1000"}
 
 
+def editable():
+    from importlib.metadata import distribution
+    url = distribution("chrun").read_text("direct_url.json") or ""
+    return '"editable": true' in url.replace("'", '"')
+
+
 def help_rows(text):
     """{label: text} of the option rows of --help output (continuation lines joined)."""
     rows, label = {}, None
@@ -60,6 +66,9 @@ def words(text):
 
 def man_text(program):
     """The installed page, found by man as a user would (PATH), rendered as plain text."""
+    if editable():
+        pytest.skip("chrun is installed editable (pip install -e): no man pages installed; "
+                    "CI installs the wheel")
     if not shutil.which("man"):
         pytest.fail("man missing: bash ci/install-deps.sh (man-db)")
     where = run(["man", "-w", program], env=env_path())
