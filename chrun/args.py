@@ -69,9 +69,9 @@ RUN_OPTIONS = (
         "ch-image storage directory, for images given by name (default $CH_IMAGE_STORAGE, "
         "else /var/tmp/$USER.ch)"),
     Opt(None, "--set-env", "set_env", "optional", "ARG",
-        "set variables: without ARG, those in the image's /ch/environment; ARG=FILE: those "
-        "in host file FILE (NAME=VALUE lines); ARG=NAME=VALUE: variable NAME (repeatable, "
-        "with --unset-env: applied in command-line order)"),
+        "set variables: --set-env alone, those in the image's /ch/environment; "
+        "--set-env=FILE, those in host file FILE (NAME=VALUE lines); --set-env=NAME=VALUE, "
+        "variable NAME (repeatable; with --unset-env, applied in command-line order)"),
     Opt("-t", "--private-tmp", "private_tmp", "flag", None,
         "use container-private /tmp (by default, /tmp is shared with the host)"),
     Opt("-u", "--uid", "uid", "value", "UID", "run as user UID within container"),
