@@ -171,3 +171,19 @@ def test_wheel_installs_only_our_top_level_names(tmp_path):
     assert "License-Expression: Apache-2.0" in meta
     assert "Requires-Python: >=3.11" in meta
     assert sys.version_info >= (3, 11)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_man_finds_the_pages_linked_by_setup(program):
+    """After ci/setup.sh (README's first command): /usr/local/bin/PROGRAM and
+    /usr/local/share/man/man1/PROGRAM.1 link into the venv, and plain `man PROGRAM` finds ours
+    (before any other ch-run page, e.g. Charliecloud's in /usr/share/man)."""
+    link = Path("/usr/local/bin") / program
+    if not link.exists() or link.resolve() != (BIN / program).resolve():
+        pytest.skip(f"{link} is not this venv's (ci/setup.sh links /opt/chrun/venv)")
+    env = {**env_path(), "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    r = run(["man", "-w", program], env=env)
+    assert r.returncode == 0, r.stderr
+    found = Path(r.stdout.strip())
+    assert found == Path("/usr/local/share/man/man1") / f"{program}.1", found
+    assert found.resolve() == (VENV / "share/man/man1" / f"{program}.1").resolve()
