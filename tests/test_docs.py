@@ -314,7 +314,12 @@ class Session:
             out, _ = p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             kill_group(p)
-            out, _ = p.communicate()
+            try:
+                out, _ = p.communicate(timeout=30)
+            except subprocess.TimeoutExpired:   # a process of another group holds the pipe
+                p.stdout.close()
+                p.wait()
+                out = b""
             return 124, out.decode(errors="replace") + f"\n[killed after {timeout} s]"
         return p.returncode, out.decode(errors="replace")
 
