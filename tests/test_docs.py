@@ -337,16 +337,17 @@ class Session:
         return any(j.poll() is None for j in self.jobs)
 
     def stop(self):
-        """End the background jobs as a user would: SIGTERM (mpirun then ends its ranks)."""
-        for j in self.jobs:
-            if j.poll() is None:
-                kill_group(j, signal.SIGTERM)
-        for j in self.jobs:
-            try:
-                j.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                kill_group(j)
-                j.wait(timeout=10)
+        """End the background jobs as a user would, with Ctrl-C (SIGINT): mpirun then ends
+        its ranks and removes its shared-memory files; SIGTERM, SIGKILL if that fails."""
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+            running = [j for j in self.jobs if j.poll() is None]
+            for j in running:
+                kill_group(j, sig)
+            for j in running:
+                try:
+                    j.wait(timeout=wait)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 def kill_group(p, sig=signal.SIGKILL):
