@@ -115,7 +115,7 @@ def _roff_option(o: Opt) -> str:
 
 def man_page(p: Program) -> str:
     """The roff source of ``NAME(1)``."""
-    out = [f'.TH {p.name.upper()} 1 "" "chrun {__version__}" "User Commands"', ".nh",
+    out = [f'.TH {p.name.upper()} 1 "" "chrun {__version__}" "User Commands"', ".nh", ".ad l",
            ".SH NAME", f"{roff(p.name)} \\- {roff(p.summary)}",
            ".SH SYNOPSIS", ".nf"]
     for u in p.usage:
