@@ -35,7 +35,15 @@ echo "\$ ch-run $IMAGES/tiny -- sh -c '...'      # as root"
 ch-run "$IMAGES/tiny" -- sh -c "$demo"
 echo "\$ runuser -u chrun-test -- env HOME=/home/chrun-test ch-run $IMAGES/tiny -- sh -c '...'      # as a plain user"
 runuser -u chrun-test -- env HOME=/home/chrun-test ch-run "$IMAGES/tiny" -- sh -c "$demo"
-echo "setup.sh: done; try: ch-run $IMAGES/tiny -- sh"
+# man must find our pages first (not, e.g., Charliecloud's in /usr/share/man).
+for s in ch-run ch-mpirun; do
+    page=$(env -i PATH=/usr/local/bin:/usr/bin:/bin man -w "$s" 2>/dev/null || true)
+    if [[ $page != /usr/local/share/man/man1/$s.1 ]]; then
+        echo "setup.sh: man $s finds '$page', not /usr/local/share/man/man1/$s.1" >&2
+        exit 1
+    fi
+done
+echo "setup.sh: done; try: ch-run $IMAGES/tiny -- sh; man ch-run; man ch-mpirun"
 
 # The main job: MPI ranks of one node in one joined container (skipped without the MPI image).
 if [[ -d $IMAGES/mpi/opt/mpi-tests ]]; then
