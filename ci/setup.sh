@@ -38,8 +38,8 @@ runuser -u chrun-test -- env HOME=/home/chrun-test ch-run "$IMAGES/tiny" -- sh -
 # man must find our pages first (not, e.g., Charliecloud's in /usr/share/man).
 for s in ch-run ch-mpirun; do
     page=$(env -i PATH=/usr/local/bin:/usr/bin:/bin man -w "$s" 2>/dev/null || true)
-    if [[ $page != /usr/local/share/man/man1/$s.1 ]]; then
-        echo "setup.sh: man $s finds '$page', not /usr/local/share/man/man1/$s.1" >&2
+    if [[ -z $page || $(readlink -f "$page") != $(readlink -f "$VENV/share/man/man1/$s.1") ]]; then
+        echo "setup.sh: man $s finds '$page', not $VENV/share/man/man1/$s.1" >&2
         exit 1
     fi
 done

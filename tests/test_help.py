@@ -187,6 +187,5 @@ def test_man_finds_the_pages_linked_by_setup(program):
     env = {**env_path(), "PATH": "/usr/local/bin:/usr/bin:/bin"}
     r = run(["man", "-w", program], env=env)
     assert r.returncode == 0, r.stderr
-    found = Path(r.stdout.strip())
-    assert found == Path("/usr/local/share/man/man1") / f"{program}.1", found
-    assert found.resolve() == (VENV / "share/man/man1" / f"{program}.1").resolve()
+    found = Path(r.stdout.strip())    # man -w names the link's target
+    assert found.resolve() == (VENV / "share/man/man1" / f"{program}.1").resolve(), found
