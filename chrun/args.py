@@ -27,40 +27,67 @@ Opt = record(
     """One option: ``short`` (e.g. ``-b``, or None), ``long`` (``--bind``), ``dest`` (keyword
     of :func:`make_options`), ``kind``: ``value``, ``multi`` (repeatable), ``flag``,
     ``count``, ``ordered`` (repeatable, order kept across all ``ordered``/``optional``
-    options) or ``optional`` (long only, like ``ordered``; a value only as ``--opt=VALUE``:
-    ``--opt`` alone takes none, whatever follows).  ``help`` is its one-line description.""",
+    options), ``optional`` (long only, like ``ordered``; a value only as ``--opt=VALUE``:
+    ``--opt`` alone takes none, whatever follows) or ``info`` (--help and the like: click's
+    business, never the scanner's).  ``metavar`` names the value; ``help`` is the option's
+    one description, shown by ``--help`` and the man page alike (:mod:`chrun.helptext`
+    generates both: a new row needs only its help text).""",
     metavar=None, help=None)
 
 
 RUN_OPTIONS = (
-    Opt("-b", "--bind", "binds", "multi", "SRC[:DST]"),
-    Opt("-c", "--cd", "cd", "value", "DIR"),
+    Opt("-b", "--bind", "binds", "multi", "SRC[:DST]",
+        "mount SRC at guest DST (default /mnt/0, /mnt/1, etc.)"),
+    Opt("-c", "--cd", "cd", "value", "DIR", "initial working directory in container"),
     Opt(None, "--env-no-expand", "env_no_expand", "flag", None,
         "don't expand $VAR in --set-env values"),
     Opt(None, "--feature", "feature", "value", "FEAT",
-        "exit 0 if feature FEAT is available, 1 if not"),
-    Opt("-g", "--gid", "gid", "value", "GID"),
-    Opt("-u", "--uid", "uid", "value", "UID"),
-    Opt("-j", "--join", "join", "flag"),
-    Opt(None, "--join-ct", "join_ct", "value", "N"),
-    Opt(None, "--join-tag", "join_tag", "value", "TAG"),
-    Opt(None, "--join-timeout", "join_timeout", "value", "SECONDS"),
-    Opt(None, "--join-pid", "join_pid", "value", "PID"),
+        "exit 0 if FEAT is available, else 1 (extglob, seccomp, squash, overlayfs, "
+        "tmpfs-xattrs)"),
+    Opt("-g", "--gid", "gid", "value", "GID", "run as group GID within container"),
+    Opt("-j", "--join", "join", "flag", None,
+        "use the same container (namespaces) as peer ch-run invocations"),
+    Opt(None, "--join-ct", "join_ct", "value", "N",
+        "number of ch-run peers (implies --join; default: the first of "
+        "$OMPI_COMM_WORLD_LOCAL_SIZE, $SLURM_STEP_TASKS_PER_NODE, $SLURM_CPUS_ON_NODE)"),
+    Opt(None, "--join-tag", "join_tag", "value", "TAG",
+        "label for ch-run peer group (implies --join; default: $SLURM_STEP_ID, else the "
+        "parent's PID)"),
+    Opt(None, "--join-timeout", "join_timeout", "value", "S",
+        "seconds a peer group may take to fill (default 30, or $CH_RUN_JOIN_TIMEOUT)"),
+    Opt(None, "--join-pid", "join_pid", "value", "PID",
+        "run in the container of running process PID (e.g. to attach a debugger to it)"),
     Opt("-m", "--mount", "mount", "value", "DIR",
-        "SquashFS image: mount it at DIR (must exist) in the container's own mount namespace"),
-    Opt(None, "--no-home", "no_home", "flag"),
+        "SquashFS image: mount it at DIR (must exist) in the container's private mount "
+        "namespace (default: on a private tmpfs; nothing appears on the host either way)"),
+    Opt(None, "--no-home", "no_home", "flag", None,
+        "do not bind-mount your home directory (by default, your home directory is "
+        "mounted at /home/$USER)"),
     Opt(None, "--no-passwd", "no_passwd", "flag", None,
-        "don't generate /etc/passwd and /etc/group (the image's are used)"),
+        "don't bind-mount generated /etc/passwd and /etc/group (the image's files are used)"),
     Opt("-s", "--storage", "storage", "value", "DIR",
-        "ch-image storage directory for images by name (default $CH_IMAGE_STORAGE, "
+        "ch-image storage directory, for images given by name (default $CH_IMAGE_STORAGE, "
         "else /var/tmp/$USER.ch)"),
     Opt(None, "--set-env", "set_env", "optional", "ARG",
-        "set variables: no ARG: the image's /ch/environment; NAME=VALUE; or host FILE"),
-    Opt("-t", "--private-tmp", "private_tmp", "flag"),
+        "set variables: --set-env alone, those in the image's /ch/environment; "
+        "--set-env=FILE, those in host file FILE (NAME=VALUE lines); --set-env=NAME=VALUE, "
+        "variable NAME (repeatable; with --unset-env, applied in command-line order)"),
+    Opt("-t", "--private-tmp", "private_tmp", "flag", None,
+        "use container-private /tmp (by default, /tmp is shared with the host)"),
+    Opt("-u", "--uid", "uid", "value", "UID", "run as user UID within container"),
     Opt(None, "--unset-env", "unset_env", "ordered", "GLOB",
-        "unset the variables whose names match GLOB"),
-    Opt("-v", "--verbose", "verbose", "count"),
-    Opt("-w", "--write", "write", "flag"),
+        "unset the variables whose names match GLOB (with extended globs such as "
+        "'!(A*|B*)')"),
+    Opt("-v", "--verbose", "verbose", "count", None, "be more verbose (debug if repeated)"),
+    Opt("-w", "--write", "write", "flag", None,
+        "mount image read-write (by default, the image is mounted read-only)"),
+)
+
+#: --help, --usage, --version: in every program's help and man page; click handles them.
+INFO_OPTIONS = (
+    Opt("-?", "--help", "help", "info", None, "print help and exit"),
+    Opt(None, "--usage", "usage", "info", None, "print a short usage message and exit"),
+    Opt("-V", "--version", "version", "info", None, "print version and exit"),
 )
 
 #: Kinds whose values keep their order across options (--set-env, --unset-env).

@@ -12,67 +12,15 @@ from typing import Optional, Sequence
 
 import click
 
-from . import __version__, args
+from . import __version__, args, helptext
 from .args import Opt
 from .errors import ChError, UsageError
 from .plan import Options
 
-USAGE = "Usage: ch-run [OPTION...] NEWROOT CMD [ARG...]"
-
-HELP = f"""{USAGE}
-
-Run a command in a container made from the unpacked image directory NEWROOT,
-the SquashFS archive NEWROOT (mounted with squashfuse), or the image named
-NEWROOT in ch-image storage.
-Also NEWROOT -- CMD [ARG...].
-
-\b
-  -b, --bind=SRC[:DST]   mount SRC at guest DST (default /mnt/0, /mnt/1, etc.)
-  -c, --cd=DIR           initial working directory in container
-      --env-no-expand    don't expand $VAR in --set-env values
-      --feature=FEAT     exit 0 if FEAT is available, else 1 (extglob, seccomp,
-                         squash, overlayfs, tmpfs-xattrs)
-  -g, --gid=GID          run as group GID within container
-  -j, --join             use the same container (namespaces) as peer ch-run
-                         invocations
-      --join-ct=N        number of ch-run peers (implies --join; default: the
-                         first of $OMPI_COMM_WORLD_LOCAL_SIZE,
-                         $SLURM_STEP_TASKS_PER_NODE, $SLURM_CPUS_ON_NODE)
-      --join-tag=TAG     label for ch-run peer group (implies --join; default:
-                         $SLURM_STEP_ID, else the parent's PID)
-      --join-timeout=S   seconds a peer group may take to fill (default 30,
-                         or $CH_RUN_JOIN_TIMEOUT)
-      --join-pid=PID     run in the container of running process PID (e.g. to
-                         attach a debugger to it)
-  -m, --mount=DIR        SquashFS image: mount it at DIR (must exist) in the
-                         container's private mount namespace (default: on a
-                         private tmpfs; nothing appears on the host either way)
-      --no-home          do not bind-mount your home directory (by default,
-                         your home directory is mounted at /home/$USER)
-      --no-passwd        don't bind-mount generated /etc/passwd and /etc/group
-                         (the image's files are used)
-  -s, --storage=DIR      ch-image storage directory, for images given by name
-                         (default $CH_IMAGE_STORAGE, else /var/tmp/$USER.ch)
-      --set-env          set the variables in the image's /ch/environment
-      --set-env=FILE     set the variables in host file FILE (NAME=VALUE lines)
-      --set-env=NAME=VALUE
-                         set variable NAME (repeatable, with --unset-env:
-                         applied in command-line order)
-  -t, --private-tmp      use container-private /tmp (by default, /tmp is
-                         shared with the host)
-  -u, --uid=UID          run as user UID within container
-      --unset-env=GLOB   unset the variables whose names match GLOB (with
-                         extended globs such as '!(A*|B*)')
-  -v, --verbose          be more verbose (debug if repeated)
-  -w, --write            mount image read-write (by default, the image is
-                         mounted read-only)
-  -?, --help             print help and exit
-      --usage            print a short usage message and exit
-  -V, --version          print version and exit
-
-Exit status: the command's own; 31 if ch-run fails; 49 if the command cannot
-be executed; 64 for usage errors.
-"""
+#: --help and --usage, generated from the option table (see chrun.helptext, which also
+#: writes the man page from the same data).
+HELP = helptext.help_text(helptext.CH_RUN)
+USAGE = helptext.usage_text(helptext.CH_RUN).rstrip("\n")
 
 
 def fixed_help(text: str) -> type:
@@ -83,10 +31,14 @@ def fixed_help(text: str) -> type:
     return FixedHelpCommand
 
 
-def _print_usage(ctx: click.Context, _param, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        click.echo(USAGE)
-        ctx.exit(0)
+def usage_option(usage: str):
+    """A ``--usage`` option that prints ``usage`` and exits 0 (ch-run's and ch-mpirun's)."""
+    def callback(ctx: click.Context, _param, value: bool) -> None:
+        if value and not ctx.resilient_parsing:
+            click.echo(usage)
+            ctx.exit(0)
+    return click.option("--usage", is_flag=True, expose_value=False, is_eager=True,
+                        callback=callback)
 
 
 def print_version(ctx: click.Context, _param, value: bool) -> None:
@@ -129,7 +81,7 @@ make_options = args.make_options
                context_settings={"allow_interspersed_args": False,
                                  "help_option_names": ["-?", "--help"]})
 @click.help_option("-?", "--help")
-@click.option("--usage", is_flag=True, expose_value=False, is_eager=True, callback=_print_usage)
+@usage_option(USAGE)
 @click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True,
               callback=print_version)
 @run_options

@@ -34,9 +34,13 @@ def host_cwd() -> Optional[str]:
 def join_config(opts: Options, env: Mapping[str, str]):
     """The peer group's count, tag and timeout (a :class:`chrun.joinconf.JoinConfig`)."""
     from . import joinconf  # only peers of a group pay for this import
-    return joinconf.resolve(opts.join_ct, opts.join_tag, opts.join_timeout, env,
-                            uid=os.geteuid(), parent_pid=os.getppid(),
-                            hostname=os.uname().nodename)
+    cfg = joinconf.resolve(opts.join_ct, opts.join_tag, opts.join_timeout, env,
+                           uid=os.geteuid(), parent_pid=os.getppid(),
+                           hostname=os.uname().nodename)
+    if opts.join_ct_from or opts.join_tag_from:   # ch-mpirun found them: say where
+        cfg = cfg._replace(count_from=opts.join_ct_from or cfg.count_from,
+                           tag_from=opts.join_tag_from or cfg.tag_from)
+    return cfg
 
 
 def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:

@@ -82,11 +82,13 @@ Options = record(
     ``write`` (bool), ``verbose`` (int); ``env_ops`` (``--set-env``/``--unset-env`` in
     order: tuple of ``("set", ARG or None)`` / ``("unset", GLOB)``, see chrun.environ),
     ``env_expand`` (bool), ``storage`` (str or None), ``no_passwd`` (bool), ``mount``
-    (``-m``: SquashFS mount point, or None).""",
+    (``-m``: SquashFS mount point, or None).  ``join_ct_from``, ``join_tag_from``: where a
+    program that fills in ``join_ct``/``join_tag`` itself (ch-mpirun) got them, for ``-v``
+    (None: from the command line).""",
     binds=(), cd=None, uid=None, gid=None, join=False, join_ct=None, join_tag=None,
     join_pid=None, join_timeout=None, no_home=False, private_tmp=False, write=False,
     verbose=0, env_ops=(), env_expand=True, storage=None, no_passwd=False,
-    mount=None)
+    mount=None, join_ct_from=None, join_tag_from=None)
 
 Mount = record(
     "Mount", ("kind", "dst"),

@@ -9,7 +9,8 @@
 #     click), installed offline from /var/cache/chrun/wheels;
 #   - /opt/mpi-tests/: allreduce.py (mpi4py), allreduce.c and its builds allreduce-ompi4 and
 #     allreduce-mpich4 (compiled here on the host with mpicc.openmpi / mpicc.mpich: the image
-#     has the same Debian libraries), showenv.py;
+#     has the same Debian libraries), showenv.py, spawn.py (MPI_Comm_spawn demo, docs);
+#   - gdb, strace and procps (ps, pgrep), for docs/debugging.md (ch-run --join-pid);
 #   - a valid /etc/hosts (localhost only) and an empty /etc/resolv.conf (without /etc/hosts,
 #     "localhost" goes to DNS and MPI start-up stalls 5 s per lookup), /mnt/0..9.
 #
@@ -28,7 +29,8 @@ IMG=$IMAGES/mpi
 WHEELS=${CHRUN_WHEELS:-/var/cache/chrun/wheels}
 TESTS=$HERE/mpi-tests
 SUITE=bookworm
-INCLUDE=python3,python3-venv,python3-mpi4py,openmpi-bin,libopenmpi3,mpich,libmpich12
+# gdb, strace, procps: the debugging recipe (docs/debugging.md) runs them from the image.
+INCLUDE=python3,python3-venv,python3-mpi4py,openmpi-bin,libopenmpi3,mpich,libmpich12,gdb,strace,procps
 
 log() { printf 'build-mpi-image: %s\n' "$*" >&2; }
 
@@ -70,7 +72,7 @@ trap cleanup EXIT
 
 # ---- test programs, compiled on the host --------------------------------------------------------
 mkdir -p "$WORK/mpi-tests"
-cp "$TESTS"/allreduce.py "$TESTS"/allreduce.c "$TESTS"/showenv.py "$WORK/mpi-tests/"
+cp "$TESTS"/allreduce.py "$TESTS"/allreduce.c "$TESTS"/showenv.py "$TESTS"/spawn.py "$WORK/mpi-tests/"
 mpicc.openmpi -O2 -Wall -o "$WORK/mpi-tests/allreduce-ompi4" "$TESTS/allreduce.c"
 mpicc.mpich -O2 -Wall -o "$WORK/mpi-tests/allreduce-mpich4" "$TESTS/allreduce.c"
 chmod 755 "$WORK/mpi-tests/"*.py "$WORK/mpi-tests/allreduce-"*

@@ -14,7 +14,7 @@ VENV=/opt/chrun/venv
 
 pkgs=(busybox-static python3 python3-venv python3-dev gcc libc6-dev strace gdb
       procps util-linux rsync git ca-certificates passwd
-      squashfuse squashfs-tools)
+      squashfuse squashfs-tools man-db)   # man-db: man ch-run
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' \

@@ -51,7 +51,7 @@ class Launcher(record("Launcher", ("name", "family", "version", "local_size",
         Open MPI 5 (PRRTE/PMIx) does; Open MPI 4 refuses a second ``MPI_Init``.
         For hydra it depends on the MPI library (MPICH >= 4.2 keeps ``PMI_FD``
         open across exec; 4.0 closes it), which the environment does not show:
-        :mod:`launch.viampi` checks the library itself.
+        :mod:`chrun_launch.viampi` checks the library itself.
         """
         if self.family == "ompi":
             return (self.version or 0) >= 5

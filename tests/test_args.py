@@ -85,7 +85,7 @@ def test_option_table_matches_click_command():
 
 def test_ch_mpirun_scanner_agrees_with_its_click_command():
     """ch-mpirun scans ch-run's options plus --mode; the same agreement must hold."""
-    from launch import mpirun
+    from chrun_launch import mpirun
     tokens = TOKENS + ["--mode", "env", "--mode=mpi4py", "--mode=", "--join-pid=3"]
     command = mpirun.click_command()
     rng = random.Random(7)

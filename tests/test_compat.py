@@ -647,7 +647,7 @@ def test_setid_refuses_everything(request, capfd, fake, argv):
 
 @pytest.mark.parametrize("argv", [["--version"], ["--help"]])
 def test_setid_refuses_ch_mpirun(capfd, monkeypatch, fake_setuid, argv):
-    from launch import mpirun
+    from chrun_launch import mpirun
     monkeypatch.setattr(errors, "PROGRAM", errors.PROGRAM)   # mpirun.main renames it
     assert mpirun.main(argv) == 31
     out, err = capfd.readouterr()

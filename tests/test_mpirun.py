@@ -24,7 +24,7 @@ import pytest
 from conftest import IMAGES, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from launch import launchers, mpirun, viampi  # noqa: E402
+from chrun_launch import launchers, mpirun, viampi  # noqa: E402
 from chrun.errors import ChError, UsageError  # noqa: E402
 
 VENVS = Path(os.environ.get("CHRUN_MPI_VENVS", "/opt/chrun"))

@@ -22,7 +22,7 @@ def comm():
 
 
 def found():
-    from launch import launchers
+    from chrun_launch import launchers
     return launchers.detect(os.environ, os.getppid(), launchers.pmi_peer_pid)
 
 

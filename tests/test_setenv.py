@@ -224,7 +224,7 @@ def test_random_command_lines_agree():
 
 def test_ch_mpirun_parsers_agree_too():
     """ch-mpirun passes these options through; its scanner and click command agree."""
-    from launch import mpirun
+    from chrun_launch import mpirun
     command = mpirun.click_command()
     rng = random.Random(1415)
     checked = 0
