@@ -97,22 +97,79 @@ def parse_text(data: bytes, path: str) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
+#: Largest environment file read (bytes): far more than execve(2) can pass on,
+#: and a bound for files that never end (``/dev/zero``).
+MAX_BYTES = 16 << 20
+#: Longest value after expansion: execve(2) refuses longer strings (MAX_ARG_STRLEN).
+MAX_VALUE = 128 << 10
+#: Seconds a FIFO or pipe may stay silent (no writer, or a writer that writes
+#: nothing and does not close) before reading it fails.
+FIFO_WAIT = 10.0
+
+
 def read_file(path: str, what: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
-    """Read and parse an environment file (one error line naming it if that fails)."""
+    """Read and parse an environment file (one error line naming it if that fails).
+
+    Bounded in size (:data:`MAX_BYTES`) and, for a FIFO or pipe (``<(cmd)``), in
+    silence (:data:`FIFO_WAIT`): opened non-blocking, it is read as data comes.
+    """
+    what = what or path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            data = _read_bounded(fd, what)
         finally:
             os.close(fd)
     except OSError as x:
-        raise EnvFileError(f"--set-env: can't read {what or path}: {os.strerror(x.errno)}")
-    return parse_text(b"".join(chunks), path)
+        raise EnvFileError(f"--set-env: can't read {what}: {os.strerror(x.errno)}")
+    return parse_text(data, path)
+
+
+def _read_bounded(fd: int, what: str) -> bytes:
+    import select  # built into CPython: no file to load (also after pivot_root)
+    import stat    # loaded already by os
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno_EISDIR, "")
+    fifo = stat.S_ISFIFO(mode)
+    if not fifo:
+        os.set_blocking(fd, True)  # files, ttys, devices: read as usual
+    # End of file is final, but for a named FIFO no writer has opened yet.
+    eof_final = not fifo or _is_anonymous_pipe(fd)
+    chunks: list = []
+    size = 0
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:  # a writer, nothing written yet
+            chunk = None
+        if chunk:
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise EnvFileError(f"--set-env: can't read {what}: larger than "
+                                   f"{MAX_BYTES >> 20} MiB")
+            chunks.append(chunk)
+            eof_final = True
+            continue
+        if chunk is not None and eof_final:
+            return b"".join(chunks)
+        if not select.select([fd], [], [], FIFO_WAIT)[0]:
+            raise EnvFileError(f"--set-env: can't read {what}: FIFO: nothing written, "
+                               f"and not closed, within {FIFO_WAIT:g} s")
+        eof_final = True
+
+
+errno_EISDIR = 21
+
+
+def _is_anonymous_pipe(fd: int) -> bool:
+    """True for a pipe (``<(cmd)``), False for a named FIFO (its writer may yet come)."""
+    r, w = os.pipe()
+    try:
+        return os.fstat(r).st_dev == os.fstat(fd).st_dev
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 # --- operations -------------------------------------------------------------------
@@ -203,6 +260,9 @@ def apply(env: Mapping[str, str], steps: Sequence[tuple], expand_vars: bool = Tr
             pairs = step[1]
         for name, value in pairs:
             out[name] = expand(value, out) if expand_vars else value
+            if expand_vars and len(out[name]) > MAX_VALUE:  # A=$A:$A doubles it each line
+                raise ChError(f"--set-env: {name}: value longer than {MAX_VALUE >> 10} KiB "
+                              "after expansion (more than execve(2) passes on)")
             info(f"environment: {name}={out[name]}")
     out["CH_RUNNING"] = CH_RUNNING
     return out

@@ -38,6 +38,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import stat
 import time
 
@@ -143,6 +144,7 @@ class Server:
         self.pid = 0
         self.program = SQUASHFUSE  # the server's name, for messages
         self.mounted: list = []  # where we mounted (for abort)
+        self.pidfd = -1          # the server's pidfd, to kill it if it hangs
 
     def _fail(self, why: str) -> ChError:
         return ChError(f"can't mount SquashFS image {self.archive.path}: {why}")
@@ -178,6 +180,18 @@ class Server:
             self.abort()
             raise self._fail("FUSE server process did not start")
         self.pid = int(hello)
+        try:  # the server waits for our descriptor, so this PID is still its own
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:  # pragma: no cover - kernels before 5.3
+            self.pidfd = -1
+
+    def _kill(self) -> None:
+        """SIGKILL the server (through its pidfd: never another process with its PID)."""
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
 
     def mount(self, target: str, uid: int, gid: int, host: str) -> None:
         """Step 4 (in the new namespaces): mount the archive on ``target``, start squashfuse.
@@ -203,12 +217,16 @@ class Server:
             os.close(fd)  # the server's copy is the only one: if it dies, the mount fails
         self.channel.close()
         self.channel = None
-        try:
-            os.stat(where)  # waits for squashfuse's FUSE INIT reply
-        except OSError as x:
+        err = _stat_within(where, time.monotonic() + WAIT)  # waits for FUSE INIT
+        if err is not None:
+            if err == errno.ETIMEDOUT:  # alive but silent: killing it aborts the connection
+                self._kill()
             said = _last_line(self.abort())
+            if err == errno.ETIMEDOUT:
+                raise self._fail(f"{self.program} PID {self.pid} did not answer "
+                                 f"within {WAIT:g} s (killed)")
             raise self._fail(f"{self.program}: {said}" if said else
-                             f"{self.program} exited: {os.strerror(x.errno)}")
+                             f"{self.program} exited: {os.strerror(err)}")
         if where != target:
             sc.bind(where, target, f"can't bind SquashFS mount {where[len(host):]} on the new root")
             self.mounted.append(target)
@@ -218,6 +236,9 @@ class Server:
 
     def done(self) -> None:
         """The container is built: let go of the server (it lives as long as the mount)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.err_pipe >= 0:
             os.close(self.err_pipe)
             self.err_pipe = -1
@@ -242,7 +263,7 @@ class Server:
             self.done()  # the server ends when we exit (with our mount namespace)
         if self.err_pipe >= 0:
             said = _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
-            self.done()
+        self.done()
         return said
 
 
@@ -251,6 +272,13 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
     try:
         os.setsid()
         sc.set_process_name("ch-run-squash")
+        # ch-run may have been started with 0, 1 or 2 closed, and then our two
+        # descriptors may be among them: move them away before taking 0-2 over.
+        errfd = _above_stdio(errfd)
+        if channel.fileno() <= 2:
+            moved = _above_stdio(channel.fileno())
+            os.close(channel.detach())
+            channel = type(channel)(fileno=moved)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
@@ -277,6 +305,60 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
             pass
     except BaseException:  # never let Python's exit machinery run in here
         pass
+
+
+def _stat_within(path: str, deadline: float):
+    """``stat(path)`` with a time bound: None if it worked, else an errno value
+    (``ETIMEDOUT`` if it did not return by ``deadline``).
+
+    A FUSE server that neither answers nor exits blocks ``stat`` of its mount
+    for ever, so a short-lived child does the waiting.  It dies with ch-run
+    (``PR_SET_PDEATHSIG``), and on time-out it is killed and reaped: the kernel
+    lets a ``SIGKILL`` end a wait for FUSE INIT.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    errors.flush_std()
+    pid = os.fork()
+    if pid == 0:
+        code = 255
+        try:
+            os.close(rfd)
+            sc._libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            try:
+                os.stat(path)
+                code = 0
+            except OSError as x:
+                code = x.errno or errno.EIO
+            os.write(wfd, bytes([min(code, 254)]))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    ready, answer = False, b""
+    try:
+        ready = bool(select.select([rfd], [], [], max(deadline - time.monotonic(), 0))[0])
+        answer = os.read(rfd, 1) if ready else b""
+    finally:
+        os.close(rfd)
+        if not answer:
+            try:
+                os.kill(pid, signal.SIGKILL)  # our child, not yet reaped: its PID is ours
+            except OSError:
+                pass
+        os.waitpid(pid, 0)
+    if not ready:
+        return errno.ETIMEDOUT
+    return answer[0] or None if answer else errno.EIO
+
+
+def _above_stdio(fd: int) -> int:
+    """A copy of ``fd`` numbered above 2 (``fd`` itself if it is)."""
+    low = []
+    while fd <= 2:
+        low.append(fd)
+        fd = os.dup(fd)
+    for extra in low[1:]:  # our own copies; the original's owner closes it
+        os.close(extra)
+    return fd
 
 
 def _open_fds() -> list:
