@@ -310,3 +310,73 @@ def test_image_environment_file_hostile(ch_run, writable_image, kind):
     r = run([ch_run, "--set-env", writable_image, "--", "true"],
             timeout=environ.FIFO_WAIT + 50)
     one_error(r, "the image's /ch/environment")
+
+
+# --- image names: storage squatted by another user -----------------------------------------
+
+@pytest.mark.container
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a symlink owned by another user needs root")
+def test_storage_symlink_of_another_user_is_not_trusted(ch_run, tiny_image, tmp_path):
+    """Another user's symlink at the storage path (/var/tmp/$USER.ch squatted, followed where
+    fs.protected_symlinks is off) points at a directory of yours: not used for names."""
+    store = tmp_path / "store"
+    (store / "img").mkdir(parents=True)
+    subprocess.run(["cp", "-a", tiny_image, store / "img" / "foo"], check=True)
+    link = tmp_path / "squatted.ch"
+    link.symlink_to(store)
+    env = {"PATH": os.environ["PATH"], "HOME": "/", "USER": "root", "LANG": "C.UTF-8"}
+    r = run([ch_run, "-s", link, "foo", "--", "true"], env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr  # a symlink of yours (root's) is fine
+    os.lchown(link, 65534, 65534)
+    r = run([ch_run, "-s", link, "foo", "--", "true"], env=env, cwd=tmp_path)
+    assert r.returncode == 31, r.stderr
+    warning, error = r.stderr.splitlines()
+    assert "a symlink owned by UID 65534" in warning
+    assert ERROR.fullmatch(error) and f"storage {link} is not used for image names" in error
+
+
+# --- names for the home directory --------------------------------------------------------
+
+def test_user_longer_than_a_file_name_is_a_usage_error():
+    from chrun import plan
+    from chrun.errors import UsageError
+    user = plan.User(uid=1, gid=1, name="u", home="/h")
+    assert plan.login_name({"USER": "x" * 255}, user) == "x" * 255
+    with pytest.raises(UsageError, match=r"invalid \$USER 'x{64}'\.\.\.: .*at most 255 bytes"):
+        plan.login_name({"USER": "x" * 256}, user)
+    with pytest.raises(UsageError, match="at most 255 bytes"):
+        plan.login_name({"USER": "é" * 128}, user)  # 256 bytes
+
+
+@pytest.mark.container
+def test_hostile_user_and_home_values(ch_run, tiny_image):
+    base = {"PATH": os.environ["PATH"], "LANG": "C.UTF-8"}
+    r = run([ch_run, tiny_image, "--", "true"], env=dict(base, USER="x" * 5000, HOME="/"))
+    one_error(r, "invalid $USER", "at most 255 bytes", code=64)
+    assert len(r.stderr) < 400
+    for user in ("a\nb", "a:b", "..", "a/b"):
+        one_error(run([ch_run, tiny_image, "--", "true"], env=dict(base, USER=user, HOME="/")),
+                  "invalid $USER", code=64)
+    # --no-home: $USER names no directory, and the passwd line stays one line
+    r = run([ch_run, "--no-home", "-u", "4242", tiny_image, "--", "cat", "/etc/passwd"],
+            env=dict(base, USER="a\nb:c,d"))
+    assert r.returncode == 0, r.stderr
+    assert all(len(line.split(":")) == 7 for line in r.stdout.splitlines()), r.stdout
+    # a $HOME that does not exist (newline, colon): a warning, the command runs
+    for home in ("/no/such\nhome", "/no/such:home"):
+        r = run([ch_run, tiny_image, "--", "true"], env=dict(base, USER="u", HOME=home))
+        assert r.returncode == 0 and len(r.stderr.splitlines()) == 1, r.stderr
+        assert "warning: not mounting host home" in r.stderr
+
+
+def test_passwd_lines_stay_lines():
+    """A login name (--no-home takes $USER as is) or host GECOS with ':' or newline."""
+    from chrun import plan
+    spec = plan.IdFile("passwd", 1000, 1000, 1000, 1000, "a\nb:c,d", "/")
+    names = plan.IdNames(users={0: ("root", "Ro:ot\nx,y,z")}, groups={1000: "g:\nh"})
+    for text in (plan.passwd_text(spec, names),
+                 plan.group_text(spec._replace(kind="group"), names)):
+        lines = text.splitlines()
+        fields = 7 if "x:1000:1000" in text else 4
+        assert all(len(line.split(":")) == fields for line in lines), text
+    assert "a_b_c,d:x:1000:1000" in plan.passwd_text(spec, plan.IdNames(users={}, groups={}))
