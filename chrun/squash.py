@@ -159,10 +159,18 @@ class Server:
         problem = fuse_problem()
         if problem is not None:
             raise self._fail(f"FUSE not usable: {problem}")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        rfd, wfd = os.pipe()
-        errors.flush_std()
-        pid = os.fork()
+        opened: list = []
+        try:  # ulimit -n or -u may be tight
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened += [ours, theirs]
+            rfd, wfd = os.pipe()
+            opened += [rfd, wfd]
+            errors.flush_std()
+            pid = os.fork()
+        except OSError as x:
+            for f in opened:
+                f.close() if hasattr(f, "close") else os.close(f)
+            raise self._fail(f"can't start FUSE server process: {os.strerror(x.errno)}")
         if pid == 0:  # intermediate child: fork the server and leave at once
             try:
                 ours.close()
@@ -217,7 +225,10 @@ class Server:
             os.close(fd)  # the server's copy is the only one: if it dies, the mount fails
         self.channel.close()
         self.channel = None
-        err = _stat_within(where, time.monotonic() + WAIT)  # waits for FUSE INIT
+        try:
+            err = _stat_within(where, time.monotonic() + WAIT)  # waits for FUSE INIT
+        except OSError as x:  # no descriptor or process left for the waiting child
+            raise self._fail(f"can't wait for {self.program}: {os.strerror(x.errno)}")
         if err is not None:
             if err == errno.ETIMEDOUT:  # alive but silent: killing it aborts the connection
                 self._kill()
@@ -318,12 +329,15 @@ def _stat_within(path: str, deadline: float):
     """
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     errors.flush_std()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 255
         try:
             os.close(rfd)
             sc._libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # ch-run died before that
+                os._exit(0)
             try:
                 os.stat(path)
                 code = 0

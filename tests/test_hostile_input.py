@@ -9,7 +9,6 @@ that hangs).  Runs as root and as the plain user.
 
 import os
 import re
-import stat
 import subprocess
 import sys
 import threading
@@ -137,6 +136,27 @@ def test_archive_with_closed_std_streams_failing_server(ch_run, sqfs, tmp_path, 
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}")
     r = run(["sh", "-c", f'"$@" {closed}', "sh", ch_run, sqfs, "--", "true"], env=env)
     one_error(r, "squashfuse: fake squashfuse: no luck")
+    assert_nothing_left(sqfs)
+
+
+@pytest.mark.container
+def test_archive_with_tight_ulimit_n(ch_run, sqfs):
+    """Every descriptor limit from "Python barely starts" up: success, or one error line
+    (never a bare strerror or a traceback), and nothing left."""
+    for n in range(5, 13):
+        r = run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", ch_run, sqfs, "--", "true"])
+        if r.returncode != 0:
+            one_error(r, f"can't mount SquashFS image {sqfs}")
+        assert_nothing_left(sqfs)
+    assert r.returncode == 0, r.stderr  # 12 is plenty
+
+
+@pytest.mark.container
+@pytest.mark.skipif(os.geteuid() == 0, reason="root is not held to ulimit -u")
+def test_archive_with_no_process_left_to_fork(ch_run, sqfs):
+    r = run(["bash", "-c", 'ulimit -u 1 && exec "$@"', "bash", ch_run, sqfs, "--", "true"])
+    one_error(r, f"can't mount SquashFS image {sqfs}: can't start FUSE server process: "
+              "Resource temporarily unavailable")
     assert_nothing_left(sqfs)
 
 
