@@ -20,12 +20,16 @@ How the mount lives and ends, with no process of ours left in between:
    mount made in the user namespace that opened it) and mounts it itself:
    ``mount(2)`` of type ``fuse.squashfuse``, ``fd=N``, read-only.
 3. ch-run sends the descriptor to the waiting server, which execs
-   ``squashfuse -f ARCHIVE /dev/fd/N`` (libfuse 3 serves a descriptor that
-   is already mounted), closes its own copy, and stats the mount's root.  The
-   stat waits for squashfuse's FUSE INIT reply, or fails as soon as squashfuse
-   exits (the connection is aborted when the last descriptor goes); then
-   squashfuse's own message, read from the pipe, becomes ch-run's one error
-   line.  So ch-run knows the mount works before it execs the command.
+   ``squashfuse -o fsname=ARCHIVE -f /dev/fd/A /dev/fd/N`` (libfuse 3 serves a
+   descriptor that is already mounted; ``A`` is the archive as step 1 opened
+   it, so a path replaced meanwhile or naming ch-run's own descriptors does not
+   matter; ``fsname`` only shows ``ps`` the path), closes its own copy, and
+   stats the mount's root.  The stat waits for squashfuse's FUSE INIT reply, or
+   fails as soon as squashfuse exits (the connection is aborted when the last
+   descriptor goes); then squashfuse's own message, read from the pipe, becomes
+   ch-run's one error line.  A squashfuse that neither answers nor exits is
+   killed after :data:`WAIT` seconds (the stat runs in a child, which a
+   SIGKILL frees).  So ch-run knows the mount works before it execs the command.
 4. When the container's last process exits, its mount namespace goes, the
    kernel unmounts the archive and aborts the FUSE connection, squashfuse's
    read fails and it exits.  Nothing to clean up, also after a SIGKILL.  In a
@@ -57,9 +61,12 @@ FUSE_DEV = "/dev/fuse"
 WAIT = 10.0
 
 
-class Archive(record("Archive", ("path",), "", mount_dir=None)):
+class Archive(record("Archive", ("path",), "", mount_dir=None, fd=-1)):
     """A SquashFS image: ``path`` (absolute, as given: symlinks kept, so ``ps`` shows
-    what the user named) and ``mount_dir`` (``-m``: real host path, or None)."""
+    what the user named), ``mount_dir`` (``-m``: real host path, or None) and ``fd``,
+    the archive opened once by :func:`check` (close-on-exec): squashfuse serves
+    that very file (as ``/dev/fd/N``), whatever the path names by then, and a path
+    such as ``/dev/stdin`` means ch-run's file, not the server's."""
 
     __slots__ = ()
 
@@ -86,11 +93,25 @@ def _magic(path: str) -> bytes:
 def check(path: str, writable: bool = False, mount_dir: str | None = None) -> Archive:
     """Step 1 for a regular file: it must be a readable SquashFS archive."""
     try:
-        magic = _magic(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as x:
         raise ChError(f"can't use image: {path}: {os.strerror(x.errno)}")
+    try:
+        magic = os.pread(fd, len(MAGIC), 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError as x:
+        os.close(fd)
+        raise ChError(f"can't use image: {path}: {os.strerror(x.errno)}")
     if magic != MAGIC:
+        os.close(fd)
         raise ChError(f"can't use image: {path}: neither a directory nor a SquashFS archive")
+    try:
+        return _checked(path, fd, writable, mount_dir)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _checked(path: str, fd: int, writable: bool, mount_dir: str | None) -> Archive:
     if writable:
         raise UsageError(f"--write: {path} is a SquashFS image, which is read-only")
     real_dir = None
@@ -101,7 +122,7 @@ def check(path: str, writable: bool = False, mount_dir: str | None = None) -> Ar
                 raise NotADirectoryError(errno.ENOTDIR, "")
         except OSError as x:
             raise ChError(f"--mount: {mount_dir}: {os.strerror(x.errno)}")
-    return Archive(path=os.path.abspath(path), mount_dir=real_dir)
+    return Archive(path=os.path.abspath(path), mount_dir=real_dir, fd=fd)
 
 
 def find_program(names: tuple = PROGRAMS, path: str | None = None) -> str | None:
@@ -176,7 +197,7 @@ class Server:
                 ours.close()
                 os.close(rfd)
                 if os.fork() == 0:
-                    _server_main(theirs, wfd, exe, self.archive.path)
+                    _server_main(theirs, wfd, exe, self.archive)
             finally:
                 os._exit(0)
         theirs.close()
@@ -278,14 +299,19 @@ class Server:
         return said
 
 
-def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
-    """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s."""
+def _server_main(channel, errfd: int, exe: str, archive: Archive) -> None:
+    """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s.
+
+    squashfuse gets the archive as ``/dev/fd/N`` (the file :func:`check` opened);
+    its ``argv[0]`` names the archive as given, so ``ps`` shows what it serves.
+    """
     try:
         os.setsid()
         sc.set_process_name("ch-run-squash")
         # ch-run may have been started with 0, 1 or 2 closed, and then our two
         # descriptors may be among them: move them away before taking 0-2 over.
         errfd = _above_stdio(errfd)
+        archive_fd = _above_stdio(archive.fd)
         if channel.fileno() <= 2:
             moved = _above_stdio(channel.fileno())
             os.close(channel.detach())
@@ -294,7 +320,7 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(errfd, 2)
-        keep = {0, 1, 2, channel.fileno()}
+        keep = {0, 1, 2, channel.fileno(), archive_fd}
         for fd in _open_fds():
             if fd not in keep:
                 try:
@@ -307,8 +333,10 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
         if len(fds) != 1:
             return  # ch-run failed before mounting: nothing to serve
         os.set_inheritable(fds[0], True)
+        os.set_inheritable(archive_fd, True)
         channel.close()
-        os.execv(exe, [exe, "-f", archive, f"/dev/fd/{fds[0]}"])
+        os.execv(exe, [exe, "-o", "fsname=" + _fuse_opt_escape(archive.path), "-f",
+                       f"/dev/fd/{archive_fd}", f"/dev/fd/{fds[0]}"])
     except OSError as x:
         try:
             os.write(2, f"can't execute {exe}: {os.strerror(x.errno or 0)}\n".encode())
@@ -362,6 +390,11 @@ def _stat_within(path: str, deadline: float):
     if not ready:
         return errno.ETIMEDOUT
     return answer[0] or None if answer else errno.EIO
+
+
+def _fuse_opt_escape(text: str) -> str:
+    """``text`` as one value in a libfuse ``-o`` list (``\\`` and ``,`` escaped)."""
+    return text.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _above_stdio(fd: int) -> int:

@@ -160,6 +160,63 @@ def test_archive_with_no_process_left_to_fork(ch_run, sqfs):
     assert_nothing_left(sqfs)
 
 
+@pytest.mark.container
+def test_archive_swapped_after_the_check(ch_run, tmp_path):
+    """The archive is replaced (here: its symlink pointed elsewhere) after ch-run checked it
+    and before squashfuse starts: squashfuse serves the file ch-run checked."""
+    archive = IMAGES / "tiny.sqfs"
+    link = tmp_path / f"swap-{uuid.uuid4().hex[:8]}.sqfs"
+    link.symlink_to(archive)
+    other = tmp_path / "not-an-archive"
+    other.write_bytes(b"hsqs but nothing else")
+    # The FUSE server is started (socketpair(2) first) after the check: hold ch-run there.
+    p = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=socketpair",
+                          "-e", "inject=socketpair:delay_enter=4000000",
+                          ch_run, "-v", link, "--", "cat", "/etc/passwd"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        for line in p.stderr:
+            if ": image: " in line:
+                break
+        tmp = tmp_path / "new-link"
+        tmp.symlink_to(other)
+        tmp.rename(link)
+        out, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err
+    assert out.startswith("root:"), out
+    assert_nothing_left(link)
+
+
+@pytest.mark.container
+def test_archive_named_by_a_descriptor_of_ch_run(ch_run, tmp_path):
+    """/dev/stdin, /dev/fd/N: paths that name ch-run's own descriptors (squashfuse, another
+    process, would open its own /dev/null there)."""
+    with open(IMAGES / "tiny.sqfs", "rb") as f:
+        r = run([ch_run, "/dev/stdin", "--", "true"], stdin=f)
+        assert r.returncode == 0, r.stderr
+        fd = os.dup(f.fileno())
+        try:
+            r = run([ch_run, f"/dev/fd/{fd}", "--", "true"], pass_fds=(fd,))
+            assert r.returncode == 0, r.stderr
+        finally:
+            os.close(fd)
+
+
+def test_check_keeps_the_archive_open(tmp_path):
+    a = squash.check(str(IMAGES / "tiny.sqfs"))
+    try:
+        assert os.path.samestat(os.fstat(a.fd), os.stat(IMAGES / "tiny.sqfs"))
+        assert not os.get_inheritable(a.fd)
+    finally:
+        os.close(a.fd)
+    assert squash._fuse_opt_escape("a\\b,c") == "a\\\\b\\,c"
+
+
 def test_above_stdio():
     r, w = os.pipe()
     try:
