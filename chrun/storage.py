@@ -19,7 +19,9 @@ Threat model: ``/var/tmp/$USER.ch`` is a predictable name in a world-writable
 directory, so another user can create it first and fill it with images named
 like the directories you run by relative path.  A storage directory (and its
 ``img``) is therefore used for names only if it is owned by you or root and
-not writable by others; else ch-run warns and takes IMAGE as a path.
+not writable by others, and the storage path is not another user's symlink
+(followed where ``fs.protected_symlinks`` is off); else ch-run warns and takes
+IMAGE as a path.
 """
 
 from __future__ import annotations
