@@ -457,3 +457,50 @@ def test_passwd_lines_stay_lines():
         fields = 7 if "x:1000:1000" in text else 4
         assert all(len(line.split(":")) == fields for line in lines), text
     assert "a_b_c,d:x:1000:1000" in plan.passwd_text(spec, plan.IdNames(users={}, groups={}))
+
+
+# --- --join with an archive: the creator dies before it hands the container over ---------------
+
+@pytest.mark.container
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="socketpair(2) is 53 on x86_64")
+@pytest.mark.parametrize("when", [1, 2])
+def test_join_archive_creator_killed_before_hand_over(ch_run, sqfs, when):
+    """The creator is held in its first (holder's) or second (FUSE server's) socketpair(2),
+    after the rendezvous, before the hand-over, and SIGKILLed there: the peer fails with one
+    line, and no server, holder or mount is left."""
+    tag = f"hostile-{uuid.uuid4().hex[:8]}"
+    common = ["--join-ct=2", f"--join-tag={tag}", "--join-timeout=5", sqfs, "--", "true"]
+    creator = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null",
+                                "-e", "trace=socketpair",
+                                "-e", f"inject=socketpair:delay_enter=30000000:when={when}",
+                                ch_run, *common],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        def held():
+            for p in Path("/proc").iterdir():
+                try:
+                    if (p.name.isdigit() and (p / "comm").read_text().strip() == "ch-run"
+                            and os.fsencode(str(sqfs)) in (p / "cmdline").read_bytes()
+                            and (p / "syscall").read_text().split()[0] == "53"):
+                        return int(p.name)
+                except (OSError, IndexError):
+                    continue
+            return None
+        deadline = time.monotonic() + 30
+        while (pid := held()) is None:
+            assert creator.poll() is None and time.monotonic() < deadline, "creator not held"
+            time.sleep(0.05)
+        peer = subprocess.Popen([ch_run, *common], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1)  # the peer meets the group (or not: then it waits alone; both fail)
+        os.kill(pid, 9)
+        out, err = peer.communicate(timeout=60)
+    finally:
+        if creator.poll() is None:
+            creator.kill()
+        creator.wait()
+    lines = err.splitlines()
+    assert peer.returncode == 31 and lines and ERROR.fullmatch(lines[-1]), err
+    assert all("warning" in line for line in lines[:-1]), err
+    assert_nothing_left(sqfs)
