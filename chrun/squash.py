@@ -129,12 +129,16 @@ def find_program(names: tuple = PROGRAMS, path: str | None = None) -> str | None
     """Absolute path of the first executable of ``names`` in ``path`` (default ``$PATH``).
 
     Directories are tried in order, each for every name in turn; None if none is found.
+    Relative entries (an empty one is the working directory) are skipped: the server
+    is ch-run's own helper, and the working directory may be another user's ``/tmp``.
     """
     if path is None:
         path = os.environ.get("PATH", "/usr/bin:/bin")
     for d in path.split(":"):
+        if not d.startswith("/"):
+            continue
         for name in names:
-            candidate = os.path.join(d or ".", name)
+            candidate = os.path.join(d, name)
             if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
                 return os.path.abspath(candidate)
     return None

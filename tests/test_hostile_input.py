@@ -217,6 +217,22 @@ def test_check_keeps_the_archive_open(tmp_path):
     assert squash._fuse_opt_escape("a\\b,c") == "a\\\\b\\,c"
 
 
+def test_squashfuse_not_taken_from_relative_path_entries(tmp_path, monkeypatch):
+    """An empty PATH entry (``PATH=:/usr/bin``) is the working directory, e.g. a /tmp where
+    another user left a squashfuse_ll: ch-run's helper is never taken from there."""
+    planted = tmp_path / "squashfuse_ll"
+    planted.write_text("#!/bin/sh\n")
+    planted.chmod(0o755)
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "squashfuse").write_text("#!/bin/sh\n")
+    (good / "squashfuse").chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    for path in (f":{good}", f".:{good}", f"good:{good}"):
+        assert squash.find_program(path=path) == str(good / "squashfuse"), path
+    assert squash.find_program(path="::.") is None
+
+
 def test_above_stdio():
     r, w = os.pipe()
     try:
