@@ -126,11 +126,12 @@ def read_file(path: str, what: Optional[str] = None) -> Tuple[Tuple[str, str], .
 
 
 def _read_bounded(fd: int, what: str) -> bytes:
-    import select  # built into CPython: no file to load (also after pivot_root)
+    import errno   # built into CPython: no file to load (also after pivot_root)
+    import select  # built in too
     import stat    # loaded already by os
     mode = os.fstat(fd).st_mode
     if stat.S_ISDIR(mode):
-        raise IsADirectoryError(errno_EISDIR, "")
+        raise IsADirectoryError(errno.EISDIR, "")
     fifo = stat.S_ISFIFO(mode)
     if not fifo:
         os.set_blocking(fd, True)  # files, ttys, devices: read as usual
@@ -157,9 +158,6 @@ def _read_bounded(fd: int, what: str) -> bytes:
             raise EnvFileError(f"--set-env: can't read {what}: FIFO: nothing written, "
                                f"and not closed, within {FIFO_WAIT:g} s")
         eof_final = True
-
-
-errno_EISDIR = 21
 
 
 def _is_anonymous_pipe(fd: int) -> bool:

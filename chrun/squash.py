@@ -57,8 +57,11 @@ MAGIC = b"hsqs"
 SQUASHFUSE = "squashfuse"
 PROGRAMS = ("squashfuse_ll", SQUASHFUSE)
 FUSE_DEV = "/dev/fuse"
-#: Seconds to wait for the server's greeting and for its exit after a failure.
+#: Seconds to wait for the server's greeting, its FUSE INIT reply, and its exit
+#: after a failure.
 WAIT = 10.0
+#: prctl(2): signal for the calling process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
 class Archive(record("Archive", ("path",), "", mount_dir=None, fd=-1)):
@@ -307,7 +310,7 @@ def _server_main(channel, errfd: int, exe: str, archive: Archive) -> None:
     """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s.
 
     squashfuse gets the archive as ``/dev/fd/N`` (the file :func:`check` opened);
-    its ``argv[0]`` names the archive as given, so ``ps`` shows what it serves.
+    ``-o fsname=PATH`` names it as given, so ``ps`` shows what it serves.
     """
     try:
         os.setsid()
@@ -362,12 +365,17 @@ def _stat_within(path: str, deadline: float):
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     errors.flush_std()
     parent = os.getpid()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        raise
     if pid == 0:
         code = 255
         try:
             os.close(rfd)
-            sc._libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+            sc._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # ch-run died before that
                 os._exit(0)
             try:
