@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ChError, UsageError, info
+from .errors import ChError, UsageError, flush_std, info
 from .plan import CH_RUNNING
 
 #: Where ``--set-env`` without argument reads, inside the container.
@@ -231,6 +231,58 @@ def matches(glob: str, name: str) -> bool:
     return _libc.fnmatch(os.fsencode(glob), os.fsencode(name), FNM_EXTMATCH) == 0
 
 
+#: Seconds that matching one extended pattern against all names may take.
+GLOB_WAIT = 10.0
+
+
+def matching(glob: str, names: List[str]) -> List[str]:
+    """The ``names`` that ``glob`` matches, in a bounded time.
+
+    glibc's matcher takes exponential time on some nested extended patterns
+    (``+(+(a))b`` against a name of 25 ``a``: half a minute), so a pattern with
+    ``(`` is matched in a child that is killed after :data:`GLOB_WAIT` seconds.
+    """
+    if "(" not in glob:
+        return [n for n in names if matches(glob, n)]
+    import select  # built into CPython: no file to load (also after pivot_root)
+    import time    # built in too
+    r, w = os.pipe()
+    flush_std()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        try:
+            os.close(r)
+            hits = "".join(f"{i}\n" for i, n in enumerate(names) if matches(glob, n)) + "."
+            data = hits.encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = b""
+    deadline = time.monotonic() + GLOB_WAIT
+    try:
+        while not out.endswith(b"."):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, 9)  # our unreaped child: its PID is ours
+                raise ChError(f"--unset-env: {glob}: matching took longer than "
+                              f"{GLOB_WAIT:g} s")
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                raise ChError(f"--unset-env: {glob}: matching failed")
+            out += chunk
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return [names[int(i)] for i in out[:-1].split()]
+
+
 def extglob_available() -> bool:
     """True if this C library's fnmatch(3) knows extended patterns."""
     try:
@@ -246,7 +298,7 @@ def apply(env: Mapping[str, str], steps: Sequence[tuple], expand_vars: bool = Tr
     out = dict(env)
     for step in steps:
         if step[0] == "unset":
-            for name in [n for n in out if matches(step[1], n)]:
+            for name in matching(step[1], list(out)):
                 del out[name]
                 info(f"environment: unset {name}", 2)
             continue

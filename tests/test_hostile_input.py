@@ -520,3 +520,26 @@ def test_join_archive_creator_killed_before_hand_over(ch_run, sqfs, when):
     assert peer.returncode == 31 and lines and ERROR.fullmatch(lines[-1]), err
     assert all("warning" in line for line in lines[:-1]), err
     assert_nothing_left(sqfs)
+
+
+# --- --unset-env: glibc's extended patterns can take exponential time -----------------------
+
+def test_unset_env_pathological_pattern_is_bounded(monkeypatch):
+    monkeypatch.setattr(environ, "GLOB_WAIT", 1.0)
+    env = {"a" * 30: "1", "B": "2"}
+    with pytest.raises(ChError, match=r"--unset-env: \+\(\+\(a\)\)b: matching took longer"):
+        environ.apply(env, (("unset", "+(+(a))b"),))
+    # the same machinery still matches what it should, names with odd characters included
+    env = {"HOME": "h", "PATH": "p", "A\nB": "x", "SLURM_X": "s", "é": "e"}
+    assert environ.matching("!(HOME|PATH)", list(env)) == ["A\nB", "SLURM_X", "é"]
+    assert environ.matching("@(SLURM*|é)", list(env)) == ["SLURM_X", "é"]
+    assert environ.matching("SLURM*", list(env)) == ["SLURM_X"]
+    assert environ.matching("+(x)", []) == []
+
+
+@pytest.mark.container
+def test_unset_env_pathological_pattern_with_ch_run(ch_run, tiny_image):
+    env = dict(os.environ, **{"a" * 30: "1"})
+    r = run([ch_run, "--unset-env=+(+(a))b", tiny_image, "--", "true"], env=env,
+            timeout=environ.GLOB_WAIT + 50)
+    one_error(r, "matching took longer than")
