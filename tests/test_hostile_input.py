@@ -143,7 +143,11 @@ def test_archive_with_closed_std_streams_failing_server(ch_run, sqfs, tmp_path, 
 def test_archive_with_tight_ulimit_n(ch_run, sqfs):
     """Every descriptor limit from "Python barely starts" up: success, or one error line
     (never a bare strerror or a traceback), and nothing left."""
-    for n in range(5, 13):
+    for n in range(4, 13):
+        probe = run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", sys.executable,
+                     "-c", "import chrun.squash"])
+        if probe.returncode != 0:
+            continue  # Python itself can't start (not ch-run's to say)
         r = run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", ch_run, sqfs, "--", "true"])
         if r.returncode != 0:
             one_error(r, f"can't mount SquashFS image {sqfs}")
