@@ -38,7 +38,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .errors import ChError, UsageError, info
+from .errors import ChError, UsageError, flush_std, info
 from .plan import CH_RUNNING
 
 #: Where ``--set-env`` without argument reads, inside the container.
@@ -97,22 +97,77 @@ def parse_text(data: bytes, path: str) -> Tuple[Tuple[str, str], ...]:
     return tuple(out)
 
 
+#: Largest environment file read (bytes): far more than execve(2) can pass on,
+#: and a bound for files that never end (``/dev/zero``).
+MAX_BYTES = 16 << 20
+#: Longest value after expansion: execve(2) refuses longer strings (MAX_ARG_STRLEN).
+MAX_VALUE = 128 << 10
+#: Seconds a FIFO or pipe may stay silent (no writer, or a writer that writes
+#: nothing and does not close) before reading it fails.
+FIFO_WAIT = 10.0
+
+
 def read_file(path: str, what: Optional[str] = None) -> Tuple[Tuple[str, str], ...]:
-    """Read and parse an environment file (one error line naming it if that fails)."""
+    """Read and parse an environment file (one error line naming it if that fails).
+
+    Bounded in size (:data:`MAX_BYTES`) and, for a FIFO or pipe (``<(cmd)``), in
+    silence (:data:`FIFO_WAIT`): opened non-blocking, it is read as data comes.
+    """
+    what = what or path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
         try:
-            chunks = []
-            while True:
-                chunk = os.read(fd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
+            data = _read_bounded(fd, what)
         finally:
             os.close(fd)
     except OSError as x:
-        raise EnvFileError(f"--set-env: can't read {what or path}: {os.strerror(x.errno)}")
-    return parse_text(b"".join(chunks), path)
+        raise EnvFileError(f"--set-env: can't read {what}: {os.strerror(x.errno)}")
+    return parse_text(data, path)
+
+
+def _read_bounded(fd: int, what: str) -> bytes:
+    import errno   # built into CPython: no file to load (also after pivot_root)
+    import select  # built in too
+    import stat    # loaded already by os
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "")
+    fifo = stat.S_ISFIFO(mode)
+    if not fifo:
+        os.set_blocking(fd, True)  # files, ttys, devices: read as usual
+    # End of file is final, but for a named FIFO no writer has opened yet.
+    eof_final = not fifo or _is_anonymous_pipe(fd)
+    chunks: list = []
+    size = 0
+    while True:
+        try:
+            chunk = os.read(fd, 1 << 16)
+        except BlockingIOError:  # a writer, nothing written yet
+            chunk = None
+        if chunk:
+            size += len(chunk)
+            if size > MAX_BYTES:
+                raise EnvFileError(f"--set-env: can't read {what}: larger than "
+                                   f"{MAX_BYTES >> 20} MiB")
+            chunks.append(chunk)
+            eof_final = True
+            continue
+        if chunk is not None and eof_final:
+            return b"".join(chunks)
+        if not select.select([fd], [], [], FIFO_WAIT)[0]:
+            raise EnvFileError(f"--set-env: can't read {what}: FIFO: nothing written, "
+                               f"and not closed, within {FIFO_WAIT:g} s")
+        eof_final = True
+
+
+def _is_anonymous_pipe(fd: int) -> bool:
+    """True for a pipe (``<(cmd)``), False for a named FIFO (its writer may yet come)."""
+    r, w = os.pipe()
+    try:
+        return os.fstat(r).st_dev == os.fstat(fd).st_dev
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 # --- operations -------------------------------------------------------------------
@@ -176,6 +231,58 @@ def matches(glob: str, name: str) -> bool:
     return _libc.fnmatch(os.fsencode(glob), os.fsencode(name), FNM_EXTMATCH) == 0
 
 
+#: Seconds that matching one extended pattern against all names may take.
+GLOB_WAIT = 10.0
+
+
+def matching(glob: str, names: List[str]) -> List[str]:
+    """The ``names`` that ``glob`` matches, in a bounded time.
+
+    glibc's matcher takes exponential time on some nested extended patterns
+    (``+(+(a))b`` against a name of 25 ``a``: half a minute), so a pattern with
+    ``(`` is matched in a child that is killed after :data:`GLOB_WAIT` seconds.
+    """
+    if "(" not in glob:
+        return [n for n in names if matches(glob, n)]
+    import select  # built into CPython: no file to load (also after pivot_root)
+    import time    # built in too
+    r, w = os.pipe()
+    flush_std()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        raise
+    if pid == 0:
+        try:
+            os.close(r)
+            hits = "".join(f"{i}\n" for i, n in enumerate(names) if matches(glob, n)) + "."
+            data = hits.encode()
+            while data:
+                data = data[os.write(w, data):]
+        finally:
+            os._exit(0)
+    os.close(w)
+    out = b""
+    deadline = time.monotonic() + GLOB_WAIT
+    try:
+        while not out.endswith(b"."):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                os.kill(pid, 9)  # our unreaped child: its PID is ours
+                raise ChError(f"--unset-env: {glob}: matching took longer than "
+                              f"{GLOB_WAIT:g} s")
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                raise ChError(f"--unset-env: {glob}: matching failed")
+            out += chunk
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    return [names[int(i)] for i in out[:-1].split()]
+
+
 def extglob_available() -> bool:
     """True if this C library's fnmatch(3) knows extended patterns."""
     try:
@@ -191,7 +298,7 @@ def apply(env: Mapping[str, str], steps: Sequence[tuple], expand_vars: bool = Tr
     out = dict(env)
     for step in steps:
         if step[0] == "unset":
-            for name in [n for n in out if matches(step[1], n)]:
+            for name in matching(step[1], list(out)):
                 del out[name]
                 info(f"environment: unset {name}", 2)
             continue
@@ -203,6 +310,9 @@ def apply(env: Mapping[str, str], steps: Sequence[tuple], expand_vars: bool = Tr
             pairs = step[1]
         for name, value in pairs:
             out[name] = expand(value, out) if expand_vars else value
+            if expand_vars and len(out[name]) > MAX_VALUE:  # A=$A:$A doubles it each line
+                raise ChError(f"--set-env: {name}: value longer than {MAX_VALUE >> 10} KiB "
+                              "after expansion (more than execve(2) passes on)")
             info(f"environment: {name}={out[name]}")
     out["CH_RUNNING"] = CH_RUNNING
     return out

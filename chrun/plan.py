@@ -197,15 +197,21 @@ def normalize_dst(dst: str) -> str:
 
 # --- home ------------------------------------------------------------------------
 
+#: Longest file name (bytes) on Linux file systems.
+NAME_MAX = 255
+
+
 def login_name(host_env: Mapping[str, str], user: User) -> str:
     """The name of the home directory inside, ``/home/NAME``: ``$USER`` as Charliecloud
     does, else (unset or empty) the user's name; one that is not a plain file name
     (``/``, ``.``, ``..``, ``:`` or a control character) is a usage error."""
     name = host_env.get("USER") or user.name
-    if name in (".", "..") or "/" in name or ":" in name or not name.isprintable():
-        raise UsageError(f"invalid $USER {name!r}: it names the home directory /home/$USER "
-                         "and must be a plain file name (no '/', ':' or control characters; "
-                         "not '.' or '..')")
+    if (name in (".", "..") or "/" in name or ":" in name or not name.isprintable()
+            or len(os.fsencode(name)) > NAME_MAX):
+        raise UsageError(f"invalid $USER {name[:64]!r}{'...' if len(name) > 64 else ''}: "
+                         "it names the home directory /home/$USER and must be a plain file "
+                         f"name (no '/', ':' or control characters; not '.' or '..'; at most "
+                         f"{NAME_MAX} bytes)")
     return name
 
 

@@ -20,12 +20,16 @@ How the mount lives and ends, with no process of ours left in between:
    mount made in the user namespace that opened it) and mounts it itself:
    ``mount(2)`` of type ``fuse.squashfuse``, ``fd=N``, read-only.
 3. ch-run sends the descriptor to the waiting server, which execs
-   ``squashfuse -f ARCHIVE /dev/fd/N`` (libfuse 3 serves a descriptor that
-   is already mounted), closes its own copy, and stats the mount's root.  The
-   stat waits for squashfuse's FUSE INIT reply, or fails as soon as squashfuse
-   exits (the connection is aborted when the last descriptor goes); then
-   squashfuse's own message, read from the pipe, becomes ch-run's one error
-   line.  So ch-run knows the mount works before it execs the command.
+   ``squashfuse -o fsname=ARCHIVE -f /dev/fd/A /dev/fd/N`` (libfuse 3 serves a
+   descriptor that is already mounted; ``A`` is the archive as step 1 opened
+   it, so a path replaced meanwhile or naming ch-run's own descriptors does not
+   matter; ``fsname`` only shows ``ps`` the path), closes its own copy, and
+   stats the mount's root.  The stat waits for squashfuse's FUSE INIT reply, or
+   fails as soon as squashfuse exits (the connection is aborted when the last
+   descriptor goes); then squashfuse's own message, read from the pipe, becomes
+   ch-run's one error line.  A squashfuse that neither answers nor exits is
+   killed after :data:`WAIT` seconds (the stat runs in a child, which a
+   SIGKILL frees).  So ch-run knows the mount works before it execs the command.
 4. When the container's last process exits, its mount namespace goes, the
    kernel unmounts the archive and aborts the FUSE connection, squashfuse's
    read fails and it exits.  Nothing to clean up, also after a SIGKILL.  In a
@@ -38,6 +42,7 @@ from __future__ import annotations
 import errno
 import os
 import select
+import signal
 import stat
 import time
 
@@ -52,13 +57,19 @@ MAGIC = b"hsqs"
 SQUASHFUSE = "squashfuse"
 PROGRAMS = ("squashfuse_ll", SQUASHFUSE)
 FUSE_DEV = "/dev/fuse"
-#: Seconds to wait for the server's greeting and for its exit after a failure.
+#: Seconds to wait for the server's greeting, its FUSE INIT reply, and its exit
+#: after a failure.
 WAIT = 10.0
+#: prctl(2): signal for the calling process when its parent dies.
+PR_SET_PDEATHSIG = 1
 
 
-class Archive(record("Archive", ("path",), "", mount_dir=None)):
+class Archive(record("Archive", ("path",), "", mount_dir=None, fd=-1)):
     """A SquashFS image: ``path`` (absolute, as given: symlinks kept, so ``ps`` shows
-    what the user named) and ``mount_dir`` (``-m``: real host path, or None)."""
+    what the user named), ``mount_dir`` (``-m``: real host path, or None) and ``fd``,
+    the archive opened once by :func:`check` (close-on-exec): squashfuse serves
+    that very file (as ``/dev/fd/N``), whatever the path names by then, and a path
+    such as ``/dev/stdin`` means ch-run's file, not the server's."""
 
     __slots__ = ()
 
@@ -85,11 +96,25 @@ def _magic(path: str) -> bytes:
 def check(path: str, writable: bool = False, mount_dir: str | None = None) -> Archive:
     """Step 1 for a regular file: it must be a readable SquashFS archive."""
     try:
-        magic = _magic(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as x:
         raise ChError(f"can't use image: {path}: {os.strerror(x.errno)}")
+    try:
+        magic = os.pread(fd, len(MAGIC), 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError as x:
+        os.close(fd)
+        raise ChError(f"can't use image: {path}: {os.strerror(x.errno)}")
     if magic != MAGIC:
+        os.close(fd)
         raise ChError(f"can't use image: {path}: neither a directory nor a SquashFS archive")
+    try:
+        return _checked(path, fd, writable, mount_dir)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _checked(path: str, fd: int, writable: bool, mount_dir: str | None) -> Archive:
     if writable:
         raise UsageError(f"--write: {path} is a SquashFS image, which is read-only")
     real_dir = None
@@ -100,19 +125,23 @@ def check(path: str, writable: bool = False, mount_dir: str | None = None) -> Ar
                 raise NotADirectoryError(errno.ENOTDIR, "")
         except OSError as x:
             raise ChError(f"--mount: {mount_dir}: {os.strerror(x.errno)}")
-    return Archive(path=os.path.abspath(path), mount_dir=real_dir)
+    return Archive(path=os.path.abspath(path), mount_dir=real_dir, fd=fd)
 
 
 def find_program(names: tuple = PROGRAMS, path: str | None = None) -> str | None:
     """Absolute path of the first executable of ``names`` in ``path`` (default ``$PATH``).
 
     Directories are tried in order, each for every name in turn; None if none is found.
+    Relative entries (an empty one is the working directory) are skipped: the server
+    is ch-run's own helper, and the working directory may be another user's ``/tmp``.
     """
     if path is None:
         path = os.environ.get("PATH", "/usr/bin:/bin")
     for d in path.split(":"):
+        if not d.startswith("/"):
+            continue
         for name in names:
-            candidate = os.path.join(d or ".", name)
+            candidate = os.path.join(d, name)
             if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
                 return os.path.abspath(candidate)
     return None
@@ -143,6 +172,7 @@ class Server:
         self.pid = 0
         self.program = SQUASHFUSE  # the server's name, for messages
         self.mounted: list = []  # where we mounted (for abort)
+        self.pidfd = -1          # the server's pidfd, to kill it if it hangs
 
     def _fail(self, why: str) -> ChError:
         return ChError(f"can't mount SquashFS image {self.archive.path}: {why}")
@@ -157,16 +187,24 @@ class Server:
         problem = fuse_problem()
         if problem is not None:
             raise self._fail(f"FUSE not usable: {problem}")
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        rfd, wfd = os.pipe()
-        errors.flush_std()
-        pid = os.fork()
+        opened: list = []
+        try:  # ulimit -n or -u may be tight
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            opened += [ours, theirs]
+            rfd, wfd = os.pipe()
+            opened += [rfd, wfd]
+            errors.flush_std()
+            pid = os.fork()
+        except OSError as x:
+            for f in opened:
+                f.close() if hasattr(f, "close") else os.close(f)
+            raise self._fail(f"can't start FUSE server process: {os.strerror(x.errno)}")
         if pid == 0:  # intermediate child: fork the server and leave at once
             try:
                 ours.close()
                 os.close(rfd)
                 if os.fork() == 0:
-                    _server_main(theirs, wfd, exe, self.archive.path)
+                    _server_main(theirs, wfd, exe, self.archive)
             finally:
                 os._exit(0)
         theirs.close()
@@ -178,6 +216,18 @@ class Server:
             self.abort()
             raise self._fail("FUSE server process did not start")
         self.pid = int(hello)
+        try:  # the server waits for our descriptor, so this PID is still its own
+            self.pidfd = os.pidfd_open(self.pid)
+        except OSError:  # pragma: no cover - kernels before 5.3
+            self.pidfd = -1
+
+    def _kill(self) -> None:
+        """SIGKILL the server (through its pidfd: never another process with its PID)."""
+        if self.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
 
     def mount(self, target: str, uid: int, gid: int, host: str) -> None:
         """Step 4 (in the new namespaces): mount the archive on ``target``, start squashfuse.
@@ -204,11 +254,18 @@ class Server:
         self.channel.close()
         self.channel = None
         try:
-            os.stat(where)  # waits for squashfuse's FUSE INIT reply
-        except OSError as x:
+            err = _stat_within(where, time.monotonic() + WAIT)  # waits for FUSE INIT
+        except OSError as x:  # no descriptor or process left for the waiting child
+            raise self._fail(f"can't wait for {self.program}: {os.strerror(x.errno)}")
+        if err is not None:
+            if err == errno.ETIMEDOUT:  # alive but silent: killing it aborts the connection
+                self._kill()
             said = _last_line(self.abort())
+            if err == errno.ETIMEDOUT:
+                raise self._fail(f"{self.program} PID {self.pid} did not answer "
+                                 f"within {WAIT:g} s (killed)")
             raise self._fail(f"{self.program}: {said}" if said else
-                             f"{self.program} exited: {os.strerror(x.errno)}")
+                             f"{self.program} exited: {os.strerror(err)}")
         if where != target:
             sc.bind(where, target, f"can't bind SquashFS mount {where[len(host):]} on the new root")
             self.mounted.append(target)
@@ -218,6 +275,9 @@ class Server:
 
     def done(self) -> None:
         """The container is built: let go of the server (it lives as long as the mount)."""
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
         if self.err_pipe >= 0:
             os.close(self.err_pipe)
             self.err_pipe = -1
@@ -242,20 +302,32 @@ class Server:
             self.done()  # the server ends when we exit (with our mount namespace)
         if self.err_pipe >= 0:
             said = _drain(self.err_pipe, time.monotonic() + WAIT)  # EOF: the server has exited
-            self.done()
+        self.done()
         return said
 
 
-def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
-    """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s."""
+def _server_main(channel, errfd: int, exe: str, archive: Archive) -> None:
+    """The server, until it execs squashfuse.  Never returns; the caller ``_exit``s.
+
+    squashfuse gets the archive as ``/dev/fd/N`` (the file :func:`check` opened);
+    ``-o fsname=PATH`` names it as given, so ``ps`` shows what it serves.
+    """
     try:
         os.setsid()
         sc.set_process_name("ch-run-squash")
+        # ch-run may have been started with 0, 1 or 2 closed, and then our two
+        # descriptors may be among them: move them away before taking 0-2 over.
+        errfd = _above_stdio(errfd)
+        archive_fd = _above_stdio(archive.fd)
+        if channel.fileno() <= 2:
+            moved = _above_stdio(channel.fileno())
+            os.close(channel.detach())
+            channel = type(channel)(fileno=moved)
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(errfd, 2)
-        keep = {0, 1, 2, channel.fileno()}
+        keep = {0, 1, 2, channel.fileno(), archive_fd}
         for fd in _open_fds():
             if fd not in keep:
                 try:
@@ -268,8 +340,10 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
         if len(fds) != 1:
             return  # ch-run failed before mounting: nothing to serve
         os.set_inheritable(fds[0], True)
+        os.set_inheritable(archive_fd, True)
         channel.close()
-        os.execv(exe, [exe, "-f", archive, f"/dev/fd/{fds[0]}"])
+        os.execv(exe, [exe, "-o", "fsname=" + _fuse_opt_escape(archive.path), "-f",
+                       f"/dev/fd/{archive_fd}", f"/dev/fd/{fds[0]}"])
     except OSError as x:
         try:
             os.write(2, f"can't execute {exe}: {os.strerror(x.errno or 0)}\n".encode())
@@ -277,6 +351,73 @@ def _server_main(channel, errfd: int, exe: str, archive: str) -> None:
             pass
     except BaseException:  # never let Python's exit machinery run in here
         pass
+
+
+def _stat_within(path: str, deadline: float):
+    """``stat(path)`` with a time bound: None if it worked, else an errno value
+    (``ETIMEDOUT`` if it did not return by ``deadline``).
+
+    A FUSE server that neither answers nor exits blocks ``stat`` of its mount
+    for ever, so a short-lived child does the waiting.  It dies with ch-run
+    (``PR_SET_PDEATHSIG``), and on time-out it is killed and reaped: the kernel
+    lets a ``SIGKILL`` end a wait for FUSE INIT.
+    """
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    errors.flush_std()
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    if pid == 0:
+        code = 255
+        try:
+            os.close(rfd)
+            sc._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # ch-run died before that
+                os._exit(0)
+            try:
+                os.stat(path)
+                code = 0
+            except OSError as x:
+                code = x.errno or errno.EIO
+            os.write(wfd, bytes([min(code, 254)]))
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    ready, answer = False, b""
+    try:
+        ready = bool(select.select([rfd], [], [], max(deadline - time.monotonic(), 0))[0])
+        answer = os.read(rfd, 1) if ready else b""
+    finally:
+        os.close(rfd)
+        if not answer:
+            try:
+                os.kill(pid, signal.SIGKILL)  # our child, not yet reaped: its PID is ours
+            except OSError:
+                pass
+        os.waitpid(pid, 0)
+    if not ready:
+        return errno.ETIMEDOUT
+    return answer[0] or None if answer else errno.EIO
+
+
+def _fuse_opt_escape(text: str) -> str:
+    """``text`` as one value in a libfuse ``-o`` list (``\\`` and ``,`` escaped)."""
+    return text.replace("\\", "\\\\").replace(",", "\\,")
+
+
+def _above_stdio(fd: int) -> int:
+    """A copy of ``fd`` numbered above 2 (``fd`` itself if it is)."""
+    low = []
+    while fd <= 2:
+        low.append(fd)
+        fd = os.dup(fd)
+    for extra in low[1:]:  # our own copies; the original's owner closes it
+        os.close(extra)
+    return fd
 
 
 def _open_fds() -> list:

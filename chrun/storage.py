@@ -19,7 +19,9 @@ Threat model: ``/var/tmp/$USER.ch`` is a predictable name in a world-writable
 directory, so another user can create it first and fill it with images named
 like the directories you run by relative path.  A storage directory (and its
 ``img``) is therefore used for names only if it is owned by you or root and
-not writable by others; else ch-run warns and takes IMAGE as a path.
+not writable by others, and the storage path is not another user's symlink
+(followed where ``fs.protected_symlinks`` is off); else ch-run warns and takes
+IMAGE as a path.
 """
 
 from __future__ import annotations
@@ -56,9 +58,14 @@ def name_path(ref: str, storage: str) -> str:
 
 def _untrusted_why(path: str) -> Optional[str]:
     try:
+        link = os.lstat(path)
         st = os.stat(path)
     except OSError as x:
         return os.strerror(x.errno)
+    # A symlink squatted in /var/tmp may point at a directory of yours or root's
+    # (followed where fs.protected_symlinks is off): its owner counts too.
+    if link.st_uid not in (os.geteuid(), 0):
+        return f"a symlink owned by UID {link.st_uid}, not by you or root"
     if st.st_uid not in (os.geteuid(), 0):
         return f"owned by UID {st.st_uid}, not by you or root"
     if st.st_mode & 0o002:
@@ -87,13 +94,17 @@ def resolve(ref: str, option: Optional[str], env: Mapping[str, str], user_name: 
         warning(f"storage directory not found: {storage}")
     if not is_path_only(ref):
         candidate = name_path(ref, storage)
-        if os.path.lexists(candidate) and trusted(storage):
+        found = os.path.lexists(candidate)
+        if found and trusted(storage):
             if write:
                 raise ChError(f"--write: refusing to write image {ref!r} in storage "
                               f"{storage}: images run by name are read-only")
             info(f"image {ref!r} by name: {candidate}")
             return candidate
         if not os.path.lexists(ref):
+            if found:  # there is one, but trusted() said why it is not used
+                raise ChError(f"can't find image: {ref}: no such directory, and storage "
+                              f"{storage} is not used for image names")
             raise ChError(f"can't find image: {ref}: no such directory, and no image of that "
                           f"name in storage {storage}")
     if write:
