@@ -30,10 +30,11 @@ Finding the group (:func:`rendezvous`), bounded by the join deadline
        becoming a *candidate*.
     3. The candidate *re-scans* every other name.  A listener of ours at a lower
        index: defer (close ours, join it).  At a higher index: wait for its
-       first word: a ``hello`` means it committed (defer to it); end of file
-       means it deferred to us.  Then *commit*: it is the creator.
-    A joiner queued at a candidate that defers reads end of file before any
-    ``hello`` and starts over.  Why one group cannot split, whatever a squatter
+       first word: a ``hello`` means it committed (defer to it); ``moved`` or
+       end of file means it gave way to us (or died).  Then *commit*: it is the creator.
+    A candidate that defers refuses new connections (``shutdown``) and tells
+    the peers queued at it ``moved``: they start over.  End of file without a
+    word means the creator died: those peers fail with one line.  Why one group cannot split, whatever a squatter
     binds or releases when: of two candidates that both commit, the one that
     listened later re-scanned after the other listened, so it saw it; it
     deferred if it was higher, or waited and read the other's ``hello`` if
@@ -474,10 +475,10 @@ class _Search:
             first = b""
             if k > i:
                 first = _first_bytes(val, self.deadline)
-                if not first:                       # it deferred to us (or died)
+                if not first.startswith(b"hello="):  # it gave way to us (or died)
                     val.close()
                     continue
-            listener.close()                        # our queue starts over
+            _give_way(listener)                     # our queue starts over
             return self.join(val, first)
         return Creator(self.cfg, listener, self.names[i], self.facts)
 
@@ -527,6 +528,26 @@ def rendezvous(cfg: JoinConfig, uid: int, facts: Optional[Dict[str, str]] = None
     return peer
 
 
+def _give_way(listener: socket.socket) -> None:
+    """A candidate defers: refuse new connections, tell the queued ones to start over."""
+    try:
+        listener.shutdown(socket.SHUT_RD)   # connect() now gets ECONNREFUSED
+    except OSError:
+        pass
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            break
+        try:
+            conn.sendall(b"moved=1\n")
+        except OSError:
+            pass
+        conn.close()
+    listener.close()
+
+
 # --- messages ------------------------------------------------------------------------
 
 def _message(**fields) -> bytes:
@@ -554,28 +575,34 @@ def _reason(data: bytes) -> str:
 
 
 def _first_bytes(conn: socket.socket, deadline: float) -> bytes:
-    """The first bytes a listener of ours says (b"": it went away without a word)."""
-    while True:
+    """The first line a listener of ours says (b"": it went away without a word)."""
+    data = b""
+    while b"\n" not in data:
         left = deadline - time.monotonic()
         if left <= 0:
             return b""
         ready, _, _ = select.select([conn], [], [], left)
-        if ready:
-            try:
-                return conn.recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return b""
+        if not ready:
+            continue
+        try:
+            chunk = conn.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            return b""
+        if not chunk:
+            return b""
+        data += chunk
+    return data
 
 
 def _read_message(conn: socket.socket, deadline: float, buffered: bytes = b"",
                   timeout: float = 0.0):
     """Read the holder's words until ``end=1`` or ``error=``: (data, fds, state).
 
-    state: ``done``; ``error`` (data has the reason, or nothing: it exited after
-    greeting us); ``restart`` (end of file before any word: a candidate that
-    deferred or died); ``timeout``.  Once greeted, a holder answers within its own
+    state: ``done``; ``error`` (data has the reason, or nothing: it died);
+    ``restart`` (``moved``: a candidate that gave way to another); ``timeout``.
+    Once greeted, a holder answers within its own
     timeout, so from then on we wait for that (plus a little) past ``deadline``.
     """
     import socket as _s
@@ -587,6 +614,8 @@ def _read_message(conn: socket.socket, deadline: float, buffered: bytes = b"",
         if b"end=1" in lines[:-1]:
             body = b"".join(l + b"\n" for l in lines[:-1] if not l.startswith(b"hello="))
             return body, fds, "done"
+        if lines[0] == b"moved=1" and len(lines) > 1:
+            return b"", fds, "restart"
         for line in lines[:-1]:
             if line.startswith(b"error="):
                 for fd in fds:
@@ -612,7 +641,7 @@ def _read_message(conn: socket.socket, deadline: float, buffered: bytes = b"",
                 fds.extend(int.from_bytes(raw[j:j + 4], "little", signed=True)
                            for j in range(0, len(raw) - len(raw) % 4, 4))
         if not chunk:
-            return b"", fds, ("error" if data else "restart")
+            return b"", fds, "error"
         if not data:
             deadline = max(deadline, time.monotonic() + timeout + 2)
         data += chunk
