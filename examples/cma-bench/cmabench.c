@@ -193,7 +193,7 @@ int main(int argc, char **argv)
                       : latency(rank, sbuf, rbuf, size, iters, warmup);
         if (rank == 0) {
             long msgs = (warmup + iters) * (bw ? window : 2);
-            printf("msgs %s %ld %ld\n%s %ld %.3f\n", metric, size, msgs, metric, size, v);
+            printf("msgs %s %ld %ld\n%s %ld %.6g\n", metric, size, msgs, metric, size, v);
             fflush(stdout);
         }
     }
