@@ -11,6 +11,8 @@
 #     allreduce-mpich4 (compiled here on the host with mpicc.openmpi / mpicc.mpich: the image
 #     has the same Debian libraries), showenv.py, spawn.py (MPI_Comm_spawn demo, docs);
 #   - gdb, strace and procps (ps, pgrep), for docs/debugging.md (ch-run --join-pid);
+#   - /opt/cma-bench/cmabench-{ompi5,mpich5,ompi4,mpich4}: examples/cma-bench's C benchmark,
+#     built by ci/build-cma-bench.sh with each stack's mpicc;
 #   - a valid /etc/hosts (localhost only) and an empty /etc/resolv.conf (without /etc/hosts,
 #     "localhost" goes to DNS and MPI start-up stalls 5 s per lookup), /mnt/0..9.
 #
@@ -47,6 +49,7 @@ done
 stamp=$( {
     echo "suite=$SUITE include=$INCLUDE mirror=${CHRUN_MIRROR:-}"
     (cd "$HERE" && sha256sum "$(basename "${BASH_SOURCE[0]}")" mpi-tests/*)   # relative names
+    (cd "$HERE/.." && sha256sum ci/build-cma-bench.sh examples/cma-bench/cmabench.c)
     (cd "$WHEELS" && ls -l --time-style=+ ompi5/*.whl mpich5/*.whl | awk '{print $5, $NF}')
     dpkg-query -W libopenmpi3 libmpich12 libopenmpi-dev libmpich-dev
 } | sha256sum | cut -c1-32)
@@ -156,6 +159,10 @@ build "${mirrors[@]}"
 # ---- files the container needs ------------------------------------------------------------------
 printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n' > "$TMP/etc/hosts"
 : > "$TMP/etc/resolv.conf"
+
+# ---- cma-bench: the C benchmark, built with each stack's mpicc (ci/build-cma-bench.sh) -------
+bash "$HERE/build-cma-bench.sh" "$TMP"
+
 rm -rf "$TMP"/var/lib/apt/lists/* "$TMP"/var/cache/apt/* "$TMP"/var/cache/debconf/*-old \
        "$TMP"/var/log/*.log "$TMP"/var/log/apt/*
 chmod -R a+rX "$TMP/opt"

@@ -3,7 +3,8 @@ and its outputs must exist and be well-formed.  No timing is asserted (CI machin
 shared and small); the real figures are in the examples' READMEs.
 
 Needs the MPI image (ci/build-mpi-image.sh, which ci/test.sh runs) and the MPI venvs
-(ci/install-mpi.sh); cma-bench pip-installs matplotlib into its own venv on first use.
+(ci/install-mpi.sh); cma-bench pip-installs matplotlib into its own venv on first use and
+needs the image's /opt/cma-bench binaries (ci/build-cma-bench.sh).
 """
 
 import csv
@@ -43,28 +44,83 @@ def read_csv(path):
         return reader.fieldnames, list(reader)
 
 
+CMA_COLUMNS = ["stack", "mode", "metric", "bytes", "value", "cma_calls", "status", "reps", "note"]
+CMA_MODES = ("host", "host-nocma", "incont", "separate", "join", "chmpirun")
+
+
+def check_cma_rows(rows, stacks, modes, metrics, sizes):
+    """Structure only: one row per stack, mode, metric and size; values where ok; a reason
+    where not; the CMA call counts. No speed is asserted."""
+    got = sorted((r["stack"], r["mode"], r["metric"], int(r["bytes"])) for r in rows)
+    assert got == sorted((s, m, t, b) for s in stacks for m in modes for t in metrics
+                         for b in sizes)
+    for row in rows:
+        assert row["status"] in ("ok", "failed", "hung"), row
+        if row["status"] == "ok":
+            assert float(row["value"]) > 0 and int(row["reps"]) >= 1, row
+            assert int(row["cma_calls"]) >= 0, row
+            assert "CMA calls for" in row["note"], row      # the strace run's counts
+        else:
+            assert row["value"] == "" and row["note"], f"failed without a reason: {row}"
+            assert "last size done" in row["note"], row
+            assert "killed after" in row["note"] if row["status"] == "hung" else True, row
+
+
+def by_key(rows):
+    return {(r["stack"], r["mode"], r["metric"], int(r["bytes"])): r for r in rows}
+
+
 def test_cma_bench_smoke(mpi_image, tmp_path):
+    """Both PyPI stacks in all six modes, tiny sizes, one timed run."""
     out = tmp_path / "out"
     r = bench("cma-bench", "--out", str(out), "--image", str(mpi_image),
-              "--stacks", "ompi5,mpich5", "--sizes", "64K", "--reps", "1",
-              "--iters", "2", "--trace-iters", "2", "--timeout", "30")
+              "--stacks", "ompi5,mpich5", "--sizes", "1,64K", "--reps", "1",
+              "--scale", "0.02", "--timeout", "40", timeout=900)
     cols, rows = read_csv(out / "results.csv")
-    assert cols[:5] == ["stack", "mode", "bytes", "mb_per_s", "cma_calls"]
-    got = {(row["stack"], row["mode"]) for row in rows}
-    assert got == {(s, m) for s in ("ompi5", "mpich5") for m in ("host", "separate", "joined")}
-    for row in rows:
-        assert row["bytes"] == "65536"
-        assert int(row["cma_calls"]) >= 0
-        assert row["status"] in ("ok", "failed"), row
-        if row["status"] == "ok":
-            assert float(row["mb_per_s"]) > 0, row
-        else:
-            assert row["note"], f"failed without a reason: {row}"
-        if row["mode"] == "joined":   # the point of --join: the ranks use CMA
-            assert row["status"] == "ok" and int(row["cma_calls"]) > 0, row
-    assert (out / "bandwidth.png").read_bytes()[:8] == PNG_MAGIC
+    assert cols == CMA_COLUMNS
+    check_cma_rows(rows, ("ompi5", "mpich5"), CMA_MODES, ("latency_us", "bw_mb_s"), (1, 65536))
+    rows_by = by_key(rows)
+    for stack in ("ompi5", "mpich5"):
+        for metric in ("latency_us", "bw_mb_s"):
+            # 64 KiB goes through CMA wherever the ranks share a user namespace ...
+            for mode in ("host", "incont", "join", "chmpirun"):
+                row = rows_by[stack, mode, metric, 65536]
+                assert row["status"] == "ok" and int(row["cma_calls"]) > 0, row
+            # ... and never with the stack's own switch turned off (named in the note)
+            row = rows_by[stack, "host-nocma", metric, 65536]
+            assert row["status"] == "ok" and int(row["cma_calls"]) == 0, row
+            assert "CMA off: " in row["note"], row
+            # separate containers: no CMA call succeeds across sibling user namespaces
+            row = rows_by[stack, "separate", metric, 65536]
+            assert row["status"] != "ok" or int(row["cma_calls"]) == 0, row
+    assert (out / "cma-bench.png").read_bytes()[:8] == PNG_MAGIC
+    verdict = (out / "verdict.txt").read_text().splitlines()
+    assert [l.split(":")[0] for l in verdict] == ["ompi5", "mpich5"], verdict
+    assert all("bw with CMA / without (host / host-nocma), 64 KiB: median" in l
+               for l in verdict), verdict
     table = [l for l in r.stdout.splitlines() if l.startswith(("ompi5 ", "mpich5 "))]
-    assert len(table) == 6, r.stdout
+    assert len(table) == 12, r.stdout
+
+
+def test_cma_bench_debian_stacks(mpi_image, tmp_path):
+    """Debian's Open MPI 4.1 and MPICH 4.0 in separate and joined containers: a run that
+    hangs is killed after --timeout and reported with the last size done."""
+    out = tmp_path / "out"
+    bench("cma-bench", "--out", str(out), "--image", str(mpi_image),
+          "--stacks", "ompi4,mpich4", "--modes", "separate,chmpirun", "--metrics", "bw",
+          "--sizes", "1,64K", "--reps", "1", "--scale", "0.02", "--timeout", "15",
+          timeout=600)
+    cols, rows = read_csv(out / "results.csv")
+    assert cols == CMA_COLUMNS
+    check_cma_rows(rows, ("ompi4", "mpich4"), ("separate", "chmpirun"), ("bw_mb_s",), (1, 65536))
+    rows_by = by_key(rows)
+    for stack in ("ompi4", "mpich4"):
+        row = rows_by[stack, "chmpirun", "bw_mb_s", 65536]
+        assert row["status"] == "ok" and int(row["cma_calls"]) > 0, row
+        row = rows_by[stack, "separate", "bw_mb_s", 65536]
+        if row["status"] != "ok":   # the known workaround is named
+            assert "workaround: " in row["note"], row
+    assert (out / "cma-bench.png").read_bytes()[:8] == PNG_MAGIC
 
 
 def test_launch_bench_smoke(mpi_image, tmp_path):
