@@ -72,7 +72,8 @@ def run(opts: Options, env: Optional[Mapping[str, str]] = None) -> None:
     else:
         from . import join
         sources = container.resolve_sources(plan)
-        peer = join.rendezvous(cfg, os.geteuid())
+        peer = join.rendezvous(cfg, os.geteuid(),
+                               join.container_facts(plan, real_image, sources), env)
         if isinstance(peer, join.Creator):
             peer.start_holder()
             peer.hand_over(container.create(plan, real_image, sources, keep_ns=True))

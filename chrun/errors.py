@@ -102,7 +102,10 @@ def set_program(name: str) -> None:
 
 
 def flush_std() -> None:
+    """Flush Python's stdout and stderr (before a fork); None when started with it closed."""
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:
+            continue
         try:
             stream.flush()
         except (OSError, ValueError):

@@ -50,6 +50,16 @@ def _digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def env_number(name: str, text: str, maximum: int) -> int:
+    """An exact number from variable ``name``: ASCII digits only, at most ``maximum``."""
+    text = text.strip(" \t")
+    if not _digits(text):
+        raise UsageError(f"invalid ${name}: {text!r}: not a non-negative integer")
+    if len(text) > len(str(maximum)) or int(text) > maximum:
+        raise UsageError(f"invalid ${name}: {text!r}: larger than {maximum}")
+    return int(text)
+
+
 def leading_digits(text: str) -> str:
     """``' 12(x3)'`` → ``'12'``: the digits after leading white space."""
     text = text.lstrip()
@@ -69,6 +79,8 @@ def count_from_variable(name: str, text: str) -> int:
     digits = leading_digits(text)
     if not digits:
         raise UsageError(f"invalid peer count from ${name}: {text!r}: not a positive integer")
+    if len(digits.lstrip("0")) > len(str(COUNT_MAX)):   # no int() of a huge string
+        raise UsageError(f"invalid peer count from ${name}: {text!r}: too large")
     return _check_count(int(digits), f"${name}", text)
 
 
@@ -88,11 +100,12 @@ def count_from_slurm_tasks(text: str, env: Mapping[str, str]) -> int:
     name = "SLURM_STEP_TASKS_PER_NODE"
     entries = expand_tasks_per_node(text)
     node = env.get("SLURM_NODEID")
-    if node is not None and node.strip().isdigit() and len(entries) > 1:
-        i = int(node)
-        if i >= len(entries):
-            raise UsageError(f"${name}={text!r} has no entry for SLURM_NODEID={node}")
-        return count_from_variable(name, entries[i])
+    if node is not None:
+        i = env_number("SLURM_NODEID", node, COUNT_MAX)
+        if len(entries) > 1:
+            if i >= len(entries):
+                raise UsageError(f"${name}={text!r} has no entry for SLURM_NODEID={node}")
+            return count_from_variable(name, entries[i])
     return count_from_variable(name, entries[0] if entries else text)
 
 
@@ -133,10 +146,14 @@ def resolve_timeout(option: Optional[float], env: Mapping[str, str]) -> float:
         value, source = option, "--join-timeout"
     elif TIMEOUT_VAR in env:
         source = f"${TIMEOUT_VAR}"
-        try:
-            value = float(env[TIMEOUT_VAR])
-        except ValueError:
-            raise UsageError(f"invalid {source}: {env[TIMEOUT_VAR]!r}")
+        text = env[TIMEOUT_VAR].strip(" \t")
+        whole, _, frac = text.partition(".")
+        # ASCII decimals only: float() would take '1e9', 'inf', '\u0661' or '1_0'.
+        if not (_digits(whole) or (whole == "" and frac)) or (frac and not _digits(frac)) \
+                or len(whole) > 6:
+            raise UsageError(f"invalid {source}: {env[TIMEOUT_VAR]!r}: "
+                             f"not a number of seconds (digits and one '.')")
+        value = float(text)
     else:
         return DEFAULT_TIMEOUT
     if not (0 < value <= 86400):
@@ -164,10 +181,22 @@ def _sha256(data: bytes):
     return sha256(data)
 
 
-def socket_name(uid: int, key: str, attempt: int = 0) -> bytes:
-    """Abstract Unix socket name for the group (no file, so nothing to leak)."""
-    digest = _sha256(key.encode(errors="surrogateescape")).hexdigest()[:40]
-    return f"\0chrun-join/{uid}/{digest}/{attempt}".encode()
+#: Meeting names per group: squatting all of them costs another user this many sockets,
+#: and only with the names in hand (they come from a key it cannot read: chrun.joinkey).
+NAMES = 16
+
+
+def socket_names(uid: int, key: str, secret: bytes, count: int = NAMES) -> list:
+    """The group's abstract Unix socket names, in the order peers try them.
+
+    Each is a SHA-256 of the per-user ``secret`` (:mod:`chrun.joinkey`), the group
+    ``key`` and its index, cut to 160 bits, so neither another name of the group nor
+    the name of another group follows from a name seen in ``/proc/net/unix``.  With
+    an empty secret (no usable key) the names depend on public facts only.
+    """
+    base = secret + b"\0" + key.encode(errors="surrogateescape") + b"\0"
+    return [f"\0chrun-join/{uid}/{_sha256(base + str(i).encode()).hexdigest()[:40]}".encode()
+            for i in range(count)]
 
 
 def resolve(count_opt: Optional[str], tag_opt: Optional[str], timeout_opt: Optional[float],

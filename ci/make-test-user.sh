@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# Create the plain (unprivileged) test user chrun-test if it does not exist.
+# Create the plain (unprivileged) test users if they do not exist:
+#   chrun-test  runs the whole suite as a plain user (ci/test.sh);
+#   chrun-evil  plays the hostile second local user in the --join attack tests
+#               (tests/test_join_attacks.py), which root starts with runuser.
 set -euo pipefail
-if ! id -u chrun-test >/dev/null 2>&1; then
-    useradd -m -s /bin/bash chrun-test
-    echo "make-test-user.sh: created user chrun-test ($(id -u chrun-test))"
-fi
+for user in chrun-test chrun-evil; do
+    if ! id -u "$user" >/dev/null 2>&1; then
+        useradd -m -s /bin/bash "$user"
+        echo "make-test-user.sh: created user $user ($(id -u "$user"))"
+    fi
+done

@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Callable, Mapping, Optional
 
-from chrun.joinconf import count_from_slurm_tasks, count_from_variable, leading_digits
+from chrun.joinconf import count_from_slurm_tasks, count_from_variable, env_number, leading_digits
 from chrun.plan import record
 
 
@@ -58,9 +58,14 @@ class Launcher(record("Launcher", ("name", "family", "version", "local_size",
         return self.family == "hydra"
 
 
+#: Largest descriptor number PMI_FD may name (the kernel's fd numbers are C ints).
+FD_MAX = 2**31 - 1
+
+
 def _major(text: Optional[str]) -> Optional[int]:
+    """Major version from ``5.0.3``-like text (ASCII digits; absurd values are ignored)."""
     digits = leading_digits(text or "")
-    return int(digits) if digits else None
+    return int(digits) if digits and len(digits) <= 6 else None
 
 
 def detect(env: Mapping[str, str], parent_pid: int,
@@ -78,6 +83,8 @@ def detect(env: Mapping[str, str], parent_pid: int,
                         "$OMPI_COMM_WORLD_LOCAL_SIZE", tag, tag_from)
     if "MPI_LOCALNRANKS" in env:
         size = count_from_variable("MPI_LOCALNRANKS", env["MPI_LOCALNRANKS"])
+        if "PMI_FD" in env:
+            env_number("PMI_FD", env["PMI_FD"], FD_MAX)   # usage error if not a number
         proxy = pmi_peer(env["PMI_FD"]) if "PMI_FD" in env else None
         if proxy:
             tag, tag_from = f"hydra:{proxy}", "PMI proxy PID (peer of $PMI_FD)"
@@ -97,11 +104,13 @@ def pmi_peer_pid(fd_text: str) -> Optional[int]:
     import socket
 
     from chrun.syscalls import peer_credentials
-    if not fd_text.isdigit():
+    fd_text = fd_text.strip(" \t")
+    if not (fd_text.isascii() and fd_text.isdigit()) or len(fd_text) > 10 \
+            or int(fd_text) > FD_MAX:
         return None
     try:
         s = socket.socket(fileno=int(fd_text))
-    except OSError:
+    except (OSError, ValueError, OverflowError):
         return None
     try:
         pid = peer_credentials(s)[0]

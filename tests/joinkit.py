@@ -80,9 +80,32 @@ def other_user_or_skip():
         pytest.skip(f"user {OTHER_USER} missing (ci/make-test-user.sh)")
 
 
-def group_sockets(uid, tag, env):
+def user_env(uid):
+    """HOME of user UID (the key lives there), for computing its group's names."""
+    if uid == os.geteuid():
+        return dict(os.environ)
+    return {"HOME": pwd.getpwuid(uid).pw_dir}
+
+
+def group_names(uid, tag, env, secret=None):
+    """The group's meeting names (bytes, with the leading NUL), as its peers compute them.
+
+    ``secret``: the user's key (default: read it, as root may for any user); b"" for
+    the names anyone can compute (no key).
+    """
+    from chrun import joinkey
     key = joinconf.group_key(uid, tag, env, socket.gethostname())
-    return [joinconf.socket_name(uid, key, a)[1:].decode() for a in range(8)]
+    if secret is None:
+        path = joinkey.key_path(user_env(uid))
+        try:
+            secret = open(path, "rb").read().strip() if path else b""
+        except OSError:
+            secret = b""
+    return joinconf.socket_names(uid, key, secret)
+
+
+def group_sockets(uid, tag, env):
+    return [n[1:].decode() for n in group_names(uid, tag, env)]
 
 
 def _proc_ids():

@@ -80,7 +80,7 @@ def test_count_missing():
 
 @pytest.mark.parametrize("text,node,want", [
     ("3,1", "0", 3), ("3,1", "1", 1), ("2(x2),1", "0", 2), ("2(x2),1", "1", 2),
-    ("2(x2),1", "2", 1), ("4", "0", 4), ("4", "3", 4), ("3,1", None, 3), ("3,1", "", 3),
+    ("2(x2),1", "2", 1), ("4", "0", 4), ("4", "3", 4), ("3,1", None, 3), ("3,1", " 1", 1),
     ("5(x3)", "2", 5)])
 def test_slurm_tasks_per_node(text, node, want):
     env = {"SLURM_STEP_TASKS_PER_NODE": text}
@@ -93,6 +93,32 @@ def test_slurm_tasks_per_node_no_entry():
     with pytest.raises(UsageError) as x:
         resolve(env={"SLURM_STEP_TASKS_PER_NODE": "3,1", "SLURM_NODEID": "2"})
     assert "SLURM_NODEID" in x.value.message
+
+
+@pytest.mark.parametrize("node", ["", "\u00b2", "\u0661", "1a", "-1", "9" * 30, "1" + "0" * 10])
+@pytest.mark.parametrize("text", ["3,1", "4"])
+def test_slurm_node_id_must_be_a_number(text, node):
+    """ASCII digits only and bounded, even where one entry makes it unused."""
+    with pytest.raises(UsageError) as x:
+        resolve(env={"SLURM_STEP_TASKS_PER_NODE": text, "SLURM_NODEID": node})
+    assert "$SLURM_NODEID" in x.value.message
+
+
+@pytest.mark.parametrize("var", ["OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_CPUS_ON_NODE"])
+@pytest.mark.parametrize("text", ["\u00b2", "\u0662x", "9" * 5000])
+def test_count_variable_unicode_or_huge(var, text):
+    with pytest.raises(UsageError) as x:
+        resolve(env={var: text})
+    assert f"${var}" in x.value.message
+
+
+def test_env_number():
+    assert jc.env_number("X", "12", 100) == 12
+    assert jc.env_number("X", " 7\t", 100) == 7
+    for bad in ("", "\u00b2", "1.0", "101", "9" * 400, "+1"):
+        with pytest.raises(UsageError) as x:
+            jc.env_number("X", bad, 100)
+        assert "$X" in x.value.message
 
 
 def test_expand_tasks_per_node():
@@ -137,7 +163,8 @@ def test_timeout():
     assert resolve(count="2", timeout=2.0, env={"CH_RUN_JOIN_TIMEOUT": "7"}).timeout == 2
 
 
-@pytest.mark.parametrize("text", ["", "x", "0", "-1", "nan", "inf", "1e9"])
+@pytest.mark.parametrize("text", ["", "x", "0", "-1", "nan", "inf", "1e9", "1e3", "\u0661",
+                                  "1_0", ".", "1.2.3", "9" * 400])
 def test_timeout_variable_invalid(text):
     with pytest.raises(UsageError):
         resolve(count="2", env={"CH_RUN_JOIN_TIMEOUT": text})
@@ -145,9 +172,9 @@ def test_timeout_variable_invalid(text):
 
 # --- group key and socket name -----------------------------------------------
 
-def _name(**kw):
+def _name(secret=b"k" * 64, **kw):
     cfg = resolve(count="2", **kw)
-    return jc.socket_name(kw.get("uid", 1000), cfg.key)
+    return jc.socket_names(kw.get("uid", 1000), cfg.key, secret)[0]
 
 
 def test_socket_name_is_abstract_and_bounded():
@@ -175,7 +202,14 @@ def test_key_fields_cannot_be_forged():
     assert a != resolve(count="2", tag="t", env={"SLURM_JOB_ID": "1\nnode=2"}).key
 
 
-def test_attempts_differ():
+def test_names_depend_on_the_secret_and_share_nothing():
+    """Another user without the key computes none of the names; one name seen in
+    /proc/net/unix tells nothing about the group's other names."""
     key = resolve(count="2", tag="t").key
-    names = {jc.socket_name(1000, key, a) for a in range(8)}
-    assert len(names) == 8
+    mine = jc.socket_names(1000, key, b"a" * 64)
+    public = jc.socket_names(1000, key, b"")
+    other = jc.socket_names(1000, key, b"b" * 64)
+    assert len(set(mine)) == len(mine) == jc.NAMES >= 16
+    assert not set(mine) & set(public) and not set(mine) & set(other)
+    digests = [n.rsplit(b"/", 1)[1] for n in mine]
+    assert len({d[:8] for d in digests}) == len(digests)
