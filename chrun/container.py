@@ -41,6 +41,17 @@ FILES = "/files"        # generated files (passwd, group), inside the staging tm
 REQUIRED_DIRS = ("/dev", "/proc", "/sys")
 
 
+def find_image(newroot: str) -> None:
+    """NEWROOT exists as a directory or a file (SquashFS): all a joiner checks, with
+    one ``stat``; the creator checks the rest (:func:`check_image`) and mounts."""
+    try:
+        st = os.stat(newroot)
+    except OSError as x:
+        raise ChError(f"can't find image: {newroot}: {os.strerror(x.errno)}")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise ChError(f"can't use image: {newroot}: neither a directory nor a SquashFS archive")
+
+
 def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] = None):
     """Resolve NEWROOT on the host and check it is a usable image.
 
