@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Mapping, Optional
 
-from . import container, errors
+from . import container, errors, syscalls as sc
 from .errors import ChError, info
 from .plan import Options, Plan, current_user, make_plan
 
@@ -110,6 +110,7 @@ def join_group(plan: Plan, opts: Options, cfg, env: Mapping[str, str]) -> None:
     peer = join.rendezvous(cfg, os.geteuid(), facts, env)
     if isinstance(peer, join.Creator):
         image, sources = creator_checks(plan, opts)
+        sc.load_libc()           # before the fork: the holder needs it too
         peer.start_holder()
         peer.hand_over(container.create(plan, image, sources, keep_ns=True))
     else:
