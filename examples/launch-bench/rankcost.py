@@ -142,13 +142,13 @@ def _starts_interpreter(line: str) -> bool:
 
 def measure(ch_run: str, image: str, peers: int = 4, env: Optional[dict] = None,
             command: tuple = ("true",), strace: str = "strace",
-            timeout: float = 60) -> List[RankCost]:
+            timeout: float = 60, prefix: tuple = ()) -> List[RankCost]:
     """Run ``peers`` peers of one group under ``strace -f`` and count per rank.
 
     Charliecloud 0.31 strands its joiners when the creator's command ends at once
     (a known upstream bug): give it e.g. ``command=("sleep", "1")``."""
     tag = f"rankcost-{uuid.uuid4().hex[:10]}"
-    argv = [ch_run, f"--join-ct={peers}", f"--join-tag={tag}", image, "--", *command]
+    argv = [ch_run, *prefix, f"--join-ct={peers}", f"--join-tag={tag}", image, "--", *command]
     env = dict(os.environ if env is None else env)
     env.setdefault("USER", _user())      # Charliecloud's ch-run insists on $USER
     tmp = tempfile.mkdtemp(prefix="rankcost.")
