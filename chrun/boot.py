@@ -29,7 +29,7 @@ class CompiledFirst:
 
     stdlib = ""        # e.g. /usr/lib/python3.11
     ours = ""          # the site-packages directory with chrun and launch
-    packages = ("chrun", "launch")
+    packages = ("chrun", "chrun_launch")
 
     @classmethod
     def find_spec(cls, name, path=None, target=None):
@@ -148,7 +148,7 @@ def main(package_dir):
         sys.meta_path.append(SiteOnDemand)
     name = sys.argv[0].rsplit("/", 1)[-1]
     if name.startswith("ch-mpirun"):
-        from launch.mpirun import main as entry
+        from chrun_launch.mpirun import main as entry
     else:
         from chrun.main import main as entry
     from chrun.syscalls import set_process_name

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Dict, Optional, Union
@@ -78,6 +79,15 @@ def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] =
     return real
 
 
+def _existing_real_path(path: str) -> str:
+    """The real path of ``path``, which must exist (OSError if not): one lstat a
+    component (``realpath(strict=True)``, Python >= 3.10), no separate stat."""
+    if sys.version_info >= (3, 10):
+        return os.path.realpath(path, strict=True)
+    os.stat(path)
+    return os.path.realpath(path)
+
+
 def resolve_sources(plan: Plan) -> Dict[str, str]:
     """Real host path of every bind source, checked before any namespace exists."""
     out = {}
@@ -85,8 +95,7 @@ def resolve_sources(plan: Plan) -> Dict[str, str]:
         if m.kind != "bind" or m.src is None:
             continue
         try:
-            os.stat(m.src)
-            out[m.src] = os.path.realpath(m.src)
+            out[m.src] = _existing_real_path(m.src)
         except OSError as x:
             if m.required:
                 raise ChError(f"can't bind: source not found: {m.src}: {os.strerror(x.errno)}")
