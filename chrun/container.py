@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Dict, Optional, Union
@@ -39,6 +40,17 @@ FILES = "/files"        # generated files (passwd, group), inside the staging tm
 
 #: Mount points the image must have (missing → error naming them).
 REQUIRED_DIRS = ("/dev", "/proc", "/sys")
+
+
+def find_image(newroot: str) -> None:
+    """NEWROOT exists as a directory or a file (SquashFS): all a joiner checks, with
+    one ``stat``; the creator checks the rest (:func:`check_image`) and mounts."""
+    try:
+        st = os.stat(newroot)
+    except OSError as x:
+        raise ChError(f"can't find image: {newroot}: {os.strerror(x.errno)}")
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise ChError(f"can't use image: {newroot}: neither a directory nor a SquashFS archive")
 
 
 def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] = None):
@@ -67,6 +79,15 @@ def check_image(newroot: str, writable: bool = False, mount_dir: Optional[str] =
     return real
 
 
+def _existing_real_path(path: str) -> str:
+    """The real path of ``path``, which must exist (OSError if not): one lstat a
+    component (``realpath(strict=True)``, Python >= 3.10), no separate stat."""
+    if sys.version_info >= (3, 10):
+        return os.path.realpath(path, strict=True)
+    os.stat(path)
+    return os.path.realpath(path)
+
+
 def resolve_sources(plan: Plan) -> Dict[str, str]:
     """Real host path of every bind source, checked before any namespace exists."""
     out = {}
@@ -74,8 +95,7 @@ def resolve_sources(plan: Plan) -> Dict[str, str]:
         if m.kind != "bind" or m.src is None:
             continue
         try:
-            os.stat(m.src)
-            out[m.src] = os.path.realpath(m.src)
+            out[m.src] = _existing_real_path(m.src)
         except OSError as x:
             if m.required:
                 raise ChError(f"can't bind: source not found: {m.src}: {os.strerror(x.errno)}")

@@ -375,7 +375,7 @@ def _stat_within(path: str, deadline: float):
         code = 255
         try:
             os.close(rfd)
-            sc._libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            sc._libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # ch-run died before that
                 os._exit(0)
             try:

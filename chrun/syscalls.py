@@ -3,8 +3,8 @@
 One thin wrapper per call.  Each raises :class:`chrun.errors.ChError` with a
 one-line message that names the failing path or value and the strerror, so
 callers never see a bare ``OSError``.  Python 3.11 has no ``os.unshare`` or
-``os.setns``; those (and ``mount``, ``pivot_root``, ``pidfd_open``) go through
-libc with :mod:`ctypes`, or the ``os`` function where the interpreter has it.
+``os.setns``; those (and ``mount``, ``pivot_root``, ``pidfd_open``, ``prctl``) go
+through libc (:func:`_libc`), or the ``os`` function where the interpreter has it.
 
 Namespace calls (``unshare(CLONE_NEWUSER)``, ``setns`` into a user or mount
 namespace) fail with EINVAL in a multithreaded process: ch-run never starts a
@@ -14,13 +14,10 @@ thread, and :func:`assert_single_threaded` checks it before those calls.
 from __future__ import annotations
 
 import _signal
-import ctypes
 import errno
 import os
-import struct
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
-    import socket
     from typing import Optional
 
 from .errors import ChError
@@ -71,14 +68,65 @@ _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "riscv64": 41}.
 _SYS_SETNS = {"x86_64": 308, "aarch64": 268, "ppc64le": 350, "riscv64": 268}.get(
     _MACHINE, 308)
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                        ctypes.c_ulong, ctypes.c_char_p)
-_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
-_libc.unshare.argtypes = (ctypes.c_int,)
-_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong, ctypes.c_ulong)
-_libc.syscall.restype = ctypes.c_long
+_LIBC = None
+
+
+def _libc():
+    """The libc functions below, typed, made on first use (every peer needs some).
+
+    Through :mod:`_ctypes`, the C half of :mod:`ctypes`, with just the C types these
+    calls take: ``import ctypes`` loads five more modules (~25 file-system calls and
+    ~1 ms at every start of every rank), for classes and helpers we do not use.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import _ctypes
+
+        class c_int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class c_uint(_ctypes._SimpleCData):
+            _type_ = "I"
+
+        class c_long(_ctypes._SimpleCData):
+            _type_ = "l"
+
+        class c_ulong(_ctypes._SimpleCData):
+            _type_ = "L"
+
+        class c_char_p(_ctypes._SimpleCData):    # bytes or None (NULL)
+            _type_ = "z"
+
+        class Function(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+
+        class Libc:
+            _handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+        def fn(name, restype, *argtypes):
+            f = Function((name, Libc))
+            f.restype, f.argtypes = restype, argtypes
+            return f
+
+        class L:
+            mount = fn("mount", c_int, c_char_p, c_char_p, c_char_p, c_ulong, c_char_p)
+            umount2 = fn("umount2", c_int, c_char_p, c_int)
+            unshare = fn("unshare", c_int, c_int)
+            prctl = fn("prctl", c_int, c_int, c_ulong, c_ulong, c_ulong, c_ulong)
+            prctl_name = fn("prctl", c_int, c_int, c_char_p, c_ulong, c_ulong, c_ulong)
+            setns = fn("syscall", c_long, c_long, c_int, c_int)
+            pidfd_open = fn("syscall", c_long, c_long, c_int, c_uint)
+            pidfd_send_signal = fn("syscall", c_long, c_long, c_int, c_int, c_char_p, c_uint)
+            pivot_root = fn("syscall", c_long, c_long, c_char_p, c_char_p)
+            get_errno = _ctypes.get_errno
+        _LIBC = L
+    return _LIBC
+
+
+def load_libc() -> None:
+    """Load the libc functions now, before a fork: the child (the holder) then has them."""
+    _libc()
 
 
 def fail(what: str, err: int) -> ChError:
@@ -88,7 +136,7 @@ def fail(what: str, err: int) -> ChError:
 
 def _check(ret: int, what: str) -> int:
     if ret < 0:
-        raise fail(what, ctypes.get_errno())
+        raise fail(what, _libc().get_errno())
     return ret
 
 
@@ -97,13 +145,18 @@ def _b(path: Optional[str]) -> Optional[bytes]:
 
 
 def thread_count() -> int:
+    # os.open/os.read: no file object (whose fstat every peer would pay)
     try:
-        with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Threads:"):
-                    return int(line.split()[1])
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            status = os.read(fd, 1 << 16)
+        finally:
+            os.close(fd)
     except OSError:
-        pass
+        return 1
+    for line in status.splitlines():
+        if line.startswith(b"Threads:"):
+            return int(line.split()[1])
     return 1
 
 
@@ -120,7 +173,7 @@ def unshare(flags: int) -> None:
         except OSError as x:
             raise fail("unshare(2) of user and mount namespaces", x.errno)
     else:
-        _check(_libc.unshare(flags), "unshare(2) of user and mount namespaces")
+        _check(_libc().unshare(flags), "unshare(2) of user and mount namespaces")
 
 
 def setns(fd: int, nstype: int, what: str) -> None:
@@ -130,8 +183,7 @@ def setns(fd: int, nstype: int, what: str) -> None:
         except OSError as x:
             raise fail(f"setns(2) into {what}", x.errno)
     else:
-        _check(_libc.syscall(_SYS_SETNS, ctypes.c_int(fd), ctypes.c_int(nstype)),
-               f"setns(2) into {what}")
+        _check(_libc().setns(_SYS_SETNS, fd, nstype), f"setns(2) into {what}")
 
 
 def pidfd_open(pid: int) -> int:
@@ -140,21 +192,20 @@ def pidfd_open(pid: int) -> int:
             return os.pidfd_open(pid)
         except OSError as x:
             raise fail(f"pidfd_open(2) of PID {pid}", x.errno)
-    return _check(_libc.syscall(_SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0)),
-                  f"pidfd_open(2) of PID {pid}")
+    return _check(_libc().pidfd_open(_SYS_PIDFD_OPEN, pid, 0), f"pidfd_open(2) of PID {pid}")
 
 
 def pidfd_alive(pidfd: int) -> bool:
     """True if the process behind ``pidfd`` has not exited (signal 0)."""
-    ret = _libc.syscall(424, ctypes.c_int(pidfd), ctypes.c_int(0), None, ctypes.c_uint(0))
+    ret = _libc().pidfd_send_signal(424, pidfd, 0, None, 0)
     if ret == 0:
         return True
-    return ctypes.get_errno() not in (errno.ESRCH,)
+    return _libc().get_errno() not in (errno.ESRCH,)
 
 
 def mount(src: Optional[str], target: str, fstype: Optional[str], flags: int,
           data: Optional[str], what: str) -> None:
-    _check(_libc.mount(_b(src), _b(target), _b(fstype), flags, _b(data)), what)
+    _check(_libc().mount(_b(src), _b(target), _b(fstype), flags, _b(data)), what)
 
 
 def bind(src: str, target: str, what: str, recursive: bool = True) -> None:
@@ -189,11 +240,11 @@ def remount_readonly(target: str, what: str) -> None:
 
 
 def umount_detach(target: str, what: str) -> None:
-    _check(_libc.umount2(_b(target), MNT_DETACH), what)
+    _check(_libc().umount2(_b(target), MNT_DETACH), what)
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
-    _check(_libc.syscall(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)),
+    _check(_libc().pivot_root(_SYS_PIVOT_ROOT, _b(new_root), _b(put_old)),
            f"pivot_root(2) into {new_root}")
 
 
@@ -262,13 +313,12 @@ def execvpe(file: str, argv: list, env: dict, execve=os.execve) -> None:
 
 
 def no_new_privs() -> None:
-    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(2) PR_SET_NO_NEW_PRIVS")
+    _check(_libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(2) PR_SET_NO_NEW_PRIVS")
 
 
 def set_process_name(name: str) -> None:
     """The name ps and ``pgrep -x`` show (at most 15 bytes); best effort."""
-    buf = ctypes.create_string_buffer(name.encode()[:15])
-    _libc.prctl(PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0)
+    _libc().prctl_name(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
 def write_proc(path: str, text: str) -> None:
@@ -299,28 +349,36 @@ def ns_inode_fd(fd: int) -> int:
 
 # --- passing namespace handles over a Unix socket ---------------------------
 
-def send_fds(sock: "socket.socket", payload: bytes, fds: list) -> None:
-    import socket
-    sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                              struct.pack(f"{len(fds)}i", *fds))])
+def send_fds(sock, payload: bytes, fds: list) -> None:
+    import _socket   # the C module: socket.py imports enum, selectors, collections, ...
+    sock.sendmsg([payload], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, _ints(fds))])
 
 
-def recv_fds(sock: "socket.socket", maxfds: int) -> tuple:
+def recv_fds(sock, maxfds: int) -> tuple:
     """Receive one message and up to ``maxfds`` descriptors (close-on-exec)."""
-    import socket
-    size = struct.calcsize(f"{maxfds}i")
-    data, anc, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(size),
-                                            socket.MSG_CMSG_CLOEXEC)
+    import _socket
+    data, anc, _flags, _addr = sock.recvmsg(4096, _socket.CMSG_SPACE(4 * maxfds),
+                                            _socket.MSG_CMSG_CLOEXEC)
     fds = []
     for level, kind, raw in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            raw = raw[:len(raw) - len(raw) % struct.calcsize("i")]
-            fds.extend(struct.unpack(f"{len(raw) // 4}i", raw))
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            fds.extend(_from_ints(raw[:len(raw) - len(raw) % 4]))
     return data, fds
 
 
-def peer_credentials(sock: "socket.socket") -> tuple:
+def peer_credentials(sock) -> tuple:
     """(pid, uid, gid) of the process at the other end of a Unix socket."""
-    import socket
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)
+    import _socket
+    return tuple(_from_ints(sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)))
+
+
+def _ints(values) -> bytes:
+    """C ints in native byte order (what struct.pack("%di") gives, without struct)."""
+    import sys
+    return b"".join(v.to_bytes(4, sys.byteorder, signed=True) for v in values)
+
+
+def _from_ints(raw: bytes) -> list:
+    import sys
+    return [int.from_bytes(raw[i:i + 4], sys.byteorder, signed=True)
+            for i in range(0, len(raw), 4)]

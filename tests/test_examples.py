@@ -143,3 +143,9 @@ def test_launch_bench_smoke(mpi_image, tmp_path):
     assert "C:" not in "".join(row["variant"] for row in rows)
     for header in ("== startup", "== mpi-2 (ompi4)", "== join-2", "importtime"):
         assert header in r.stdout, r.stdout
+    # per-rank strace counts (tests/test_cost.py checks the budgets themselves)
+    cols, rows = read_csv(out / "rankcost.csv")
+    assert cols == ["runtime", "role", "peers", "fs_calls", "nss_lookups", "image_refs"]
+    assert sorted((row["runtime"], row["role"]) for row in rows) == [("ours", "creator"),
+                                                                    ("ours", "joiner")], rows
+    assert all(int(row["fs_calls"]) > 0 for row in rows), rows

@@ -123,14 +123,19 @@ def test_archive_with_closed_std_streams_failing_server(ch_run, sqfs, tmp_path, 
 
 
 @pytest.mark.container
-def test_archive_with_tight_ulimit_n(ch_run, sqfs):
+def test_archive_with_tight_ulimit_n(ch_run, sqfs, tmp_path):
     """Every descriptor limit from "Python barely starts" up: success, or one error line
     (never a bare strerror or a traceback), and nothing left."""
+    script = tmp_path / "sh-script"   # ch-run's prologue is sh: dash moves a script to fd 10
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755)
     for n in range(4, 13):
         probe = run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", sys.executable,
                      "-c", "import chrun.squash"])
         if probe.returncode != 0:
             continue  # Python itself can't start (not ch-run's to say)
+        if run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", script]).returncode != 0:
+            continue  # nor can /bin/sh run a script
         r = run(["bash", "-c", f'ulimit -n {n} && exec "$@"', "bash", ch_run, sqfs, "--", "true"])
         if r.returncode != 0:
             one_error(r, f"can't mount SquashFS image {sqfs}")
