@@ -54,8 +54,10 @@ from __future__ import annotations
 import errno
 import os
 import select
-import socket
 import time
+# The C module, not socket.py: that one imports enum, selectors, collections, ...
+# (26 file-system calls and ~1 ms per peer, paid by every rank of a node at once).
+import _socket as socket
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only (see chrun.plan.record)
     from typing import Dict, List, Mapping, Optional
@@ -528,6 +530,12 @@ def rendezvous(cfg: JoinConfig, uid: int, facts: Optional[Dict[str, str]] = None
     return peer
 
 
+def _accept(listener: socket.socket) -> socket.socket:
+    """``listener.accept()`` for a :mod:`_socket` socket: the connection, blocking."""
+    fd, _ = listener._accept()
+    return socket.socket(fileno=fd)
+
+
 def _give_way(listener: socket.socket) -> None:
     """A candidate defers: refuse new connections, tell the queued ones to start over."""
     try:
@@ -537,7 +545,7 @@ def _give_way(listener: socket.socket) -> None:
     listener.setblocking(False)
     while True:
         try:
-            conn, _ = listener.accept()
+            conn = _accept(listener)
         except OSError:
             break
         try:
@@ -605,7 +613,7 @@ def _read_message(conn: socket.socket, deadline: float, buffered: bytes = b"",
     Once greeted, a holder answers within its own
     timeout, so from then on we wait for that (plus a little) past ``deadline``.
     """
-    import socket as _s
+    _s = socket
     data, fds = buffered, []
     if data:
         deadline = max(deadline, time.monotonic() + timeout + 2)
@@ -676,15 +684,16 @@ def _turn_away(listener: socket.socket, reason: str, waiting: list = ()) -> None
     me = os.geteuid()
     while True:
         try:
-            conn, _ = listener.accept()
+            conn = _accept(listener)
         except OSError:
             return
-        with conn:
-            try:
-                if sc.peer_credentials(conn)[1] == me:
-                    conn.sendall(payload)
-            except OSError:
-                pass
+        try:
+            if sc.peer_credentials(conn)[1] == me:
+                conn.sendall(payload)
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
 
 def _holder_main(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> None:
@@ -758,7 +767,7 @@ def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> 
         if listener not in ready:
             continue
         try:
-            conn, _ = listener.accept()
+            conn = _accept(listener)
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
             continue
         except OSError:   # not a listening socket any more: never spin on it

@@ -23,14 +23,12 @@ pytestmark = pytest.mark.container
 
 #: Per joiner: file-system calls (open/stat/access/readlink/getdents family, fstat
 #: included), calls naming the image.  C ch-run 0.31 makes ~37 and 2.  Issue 15's
-#: targets are 150 and 250; measured 149 and 245 before the group's agreement check
-#: (realpaths of the image and home) and the secret key came with the join rewrite:
-#: now 159 and 253 as root, 158 and 259 as a plain user.  chrun/join.py's "import socket" costs 26 of them (10 modules);
-#: the C module _socket would bring the joiner to ~133: then lower these back.
-JOINER_FS_CALLS = 160
+#: targets, 150 and 250: measured 136-137 and 230-238 (root, plain user) with the
+#: group's agreement check, the secret key and chrun/join.py on the C module _socket.
+JOINER_FS_CALLS = 150
 JOINER_IMAGE_REFS = 2
 #: The creator builds the container: mounts, passwd/group, image checks.
-CREATOR_FS_CALLS = 265
+CREATOR_FS_CALLS = 250
 PEERS = 4
 
 
