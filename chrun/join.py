@@ -199,7 +199,7 @@ class Creator:
             raise _fork_failed(code if code > 0 else errno.EINTR)
         self.channel = ours
         # The holder introduces itself, so -v can name it.
-        hello = _recv_line(ours, time.monotonic() + 10)
+        hello = sc.recv_line(ours, time.monotonic() + 10)
         self.holder_pid = int(hello) if hello.isascii() and hello.isdigit() else 0
 
     def hand_over(self, fds: list) -> None:
@@ -655,16 +655,6 @@ def _read_message(conn: socket.socket, deadline: float, buffered: bytes = b"",
         data += chunk
 
 
-def _recv_line(sock: socket.socket, deadline: float) -> str:
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    try:
-        data = sock.recv(64)
-    except OSError:
-        data = b""
-    sock.settimeout(None)
-    return data.decode(errors="replace").strip()
-
-
 # --- the holder ----------------------------------------------------------------------
 
 def _send_all(conns: list, payload: bytes) -> None:
@@ -708,7 +698,7 @@ def _holder_main(cfg: JoinConfig, listener: socket.socket, channel: socket.socke
                 os.dup2(devnull, fd)
         os.close(devnull)
         keep = {listener.fileno(), channel.fileno(), 0, 1, 2}
-        for fd in _open_fds():
+        for fd in sc.open_fds():
             if fd not in keep:
                 try:
                     os.close(fd)
@@ -719,13 +709,6 @@ def _holder_main(cfg: JoinConfig, listener: socket.socket, channel: socket.socke
     except BaseException:  # never let Python's exit machinery run in here
         pass
     os._exit(0)
-
-
-def _open_fds():
-    try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        return []
 
 
 def _serve(cfg: JoinConfig, listener: socket.socket, channel: socket.socket) -> None:

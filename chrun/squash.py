@@ -211,7 +211,7 @@ class Server:
         os.close(wfd)
         os.waitpid(pid, 0)
         self.channel, self.err_pipe = ours, rfd
-        hello = _recv_line(ours, time.monotonic() + WAIT)
+        hello = sc.recv_line(ours, time.monotonic() + WAIT)
         if not hello.isdigit():
             self.abort()
             raise self._fail("FUSE server process did not start")
@@ -328,7 +328,7 @@ def _server_main(channel, errfd: int, exe: str, archive: Archive) -> None:
         os.dup2(devnull, 1)
         os.dup2(errfd, 2)
         keep = {0, 1, 2, channel.fileno(), archive_fd}
-        for fd in _open_fds():
+        for fd in sc.open_fds():
             if fd not in keep:
                 try:
                     os.close(fd)
@@ -418,23 +418,6 @@ def _above_stdio(fd: int) -> int:
     for extra in low[1:]:  # our own copies; the original's owner closes it
         os.close(extra)
     return fd
-
-
-def _open_fds() -> list:
-    try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        return []
-
-
-def _recv_line(sock, deadline: float) -> str:
-    sock.settimeout(max(deadline - time.monotonic(), 0.001))
-    try:
-        data = sock.recv(64)
-    except OSError:
-        data = b""
-    sock.settimeout(None)
-    return data.decode(errors="replace").strip()
 
 
 def _drain(fd: int, deadline: float) -> bytes:

@@ -382,3 +382,23 @@ def _from_ints(raw: bytes) -> list:
     import sys
     return [int.from_bytes(raw[i:i + 4], sys.byteorder, signed=True)
             for i in range(0, len(raw), 4)]
+
+
+def open_fds() -> list:
+    """This process's open file descriptors (empty if /proc can't tell)."""
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return []
+
+
+def recv_line(sock, deadline: float) -> str:
+    """Up to 64 bytes from ``sock`` before ``deadline`` (monotonic), stripped ('' on EOF or error)."""
+    import time  # built into CPython: no file to load
+    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+    try:
+        data = sock.recv(64)
+    except OSError:
+        data = b""
+    sock.settimeout(None)
+    return data.decode(errors="replace").strip()
