@@ -697,13 +697,7 @@ def _holder_main(cfg: JoinConfig, listener: socket.socket, channel: socket.socke
             if fd not in (listener.fileno(), channel.fileno()):
                 os.dup2(devnull, fd)
         os.close(devnull)
-        keep = {listener.fileno(), channel.fileno(), 0, 1, 2}
-        for fd in sc.open_fds():
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        sc.close_fds_except({listener.fileno(), channel.fileno(), 0, 1, 2})
         channel.sendall(f"{os.getpid()}\n".encode())
         _serve(cfg, listener, channel)
     except BaseException:  # never let Python's exit machinery run in here

@@ -327,13 +327,7 @@ def _server_main(channel, errfd: int, exe: str, archive: Archive) -> None:
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
         os.dup2(errfd, 2)
-        keep = {0, 1, 2, channel.fileno(), archive_fd}
-        for fd in sc.open_fds():
-            if fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        sc.close_fds_except({0, 1, 2, channel.fileno(), archive_fd})
         os.chdir("/")  # hold no directory of the host busy
         channel.sendall(f"{os.getpid()}\n".encode())
         _data, fds = sc.recv_fds(channel, 1)

@@ -384,12 +384,18 @@ def _from_ints(raw: bytes) -> list:
             for i in range(0, len(raw), 4)]
 
 
-def open_fds() -> list:
-    """This process's open file descriptors (empty if /proc can't tell)."""
+def close_fds_except(keep: set) -> None:
+    """Close every open descriptor of this process but ``keep`` (forked helpers use it)."""
     try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
     except OSError:
-        return []
+        return
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def recv_line(sock, deadline: float) -> str:
